@@ -1,0 +1,179 @@
+//! Settings both binaries share, read from the contract's environment variables.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::urls::UrlPolicy;
+
+/// A setting that could not be parsed; the binary refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error("{name} is required")]
+    Missing { name: &'static str },
+}
+
+/// Where NATS is and how the JetStream objects are sized.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    /// `NATS_URL`, comma-separated.
+    pub nats_url: String,
+    /// `NATS_CREDS`.
+    pub nats_creds: Option<String>,
+    /// `WEBHOOKS_STREAM_REPLICAS`: 1 or 3.
+    pub stream_replicas: usize,
+    /// `WEBHOOKS_EVENT_RETENTION`.
+    pub event_retention: Duration,
+    /// `WEBHOOKS_DEDUPE_WINDOW`.
+    pub dedupe_window: Duration,
+    /// `WEBHOOKS_EVENTS_MAX_BYTES`: the events stream's byte cap, so a small disk never fills.
+    pub events_max_bytes: i64,
+    /// `WEBHOOKS_LINKS_BASE_URL`.
+    pub links_base_url: String,
+    /// `WEBHOOKS_ALLOW_HTTP` and `WEBHOOKS_ALLOW_PRIVATE_TARGETS`.
+    pub url_policy: UrlPolicy,
+}
+
+impl Default for SharedSettings {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_creds: None,
+            stream_replicas: 1,
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            dedupe_window: Duration::from_secs(120),
+            events_max_bytes: 8 * 1024 * 1024 * 1024,
+            links_base_url: "https://api.open.example".into(),
+            url_policy: UrlPolicy::default(),
+        }
+    }
+}
+
+impl SharedSettings {
+    /// Defaults overlaid with whatever of the shared variables `env` has.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let stream_replicas = env.parse("WEBHOOKS_STREAM_REPLICAS", d.stream_replicas)?;
+        if stream_replicas != 1 && stream_replicas != 3 {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOKS_STREAM_REPLICAS",
+                message: "must be 1 or 3".into(),
+            });
+        }
+        Ok(Self {
+            nats_url: env.string("NATS_URL").unwrap_or(d.nats_url),
+            nats_creds: env.string("NATS_CREDS"),
+            stream_replicas,
+            event_retention: env.duration("WEBHOOKS_EVENT_RETENTION", d.event_retention)?,
+            dedupe_window: env.duration("WEBHOOKS_DEDUPE_WINDOW", d.dedupe_window)?,
+            events_max_bytes: env.parse("WEBHOOKS_EVENTS_MAX_BYTES", d.events_max_bytes)?,
+            links_base_url: env.string("WEBHOOKS_LINKS_BASE_URL").unwrap_or(d.links_base_url),
+            url_policy: UrlPolicy {
+                allow_http: env.parse("WEBHOOKS_ALLOW_HTTP", false)?,
+                allowed_private: env.cidrs("WEBHOOKS_ALLOW_PRIVATE_TARGETS")?,
+            },
+        })
+    }
+}
+
+/// A view of the process environment (or a map, in tests) with typed getters.
+pub struct Env {
+    lookup: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+impl Env {
+    /// The real process environment.
+    pub fn process() -> Self {
+        Self { lookup: Box::new(|k| std::env::var(k).ok()) }
+    }
+
+    /// A fixed set of variables, for tests.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Self { lookup: Box::new(move |k| map.get(k).cloned()) }
+    }
+
+    /// The variable, if set and not blank.
+    pub fn string(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    /// A required variable.
+    pub fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.string(name).ok_or(ConfigError::Missing { name })
+    }
+
+    /// A `FromStr` value, or `default` when unset.
+    pub fn parse<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.string(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name,
+                message: format!("{v:?}: {e}"),
+            }),
+        }
+    }
+
+    /// A duration such as `7d`, `2m`, `500ms`.
+    pub fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.string(name) {
+            None => Ok(default),
+            Some(v) => humantime::parse_duration(&v)
+                .map_err(|e| ConfigError::Invalid { name, message: format!("{v:?}: {e}") }),
+        }
+    }
+
+    /// Comma-separated CIDRs; a bare address counts as a single-host network.
+    pub fn cidrs(&self, name: &'static str) -> Result<Vec<IpNet>, ConfigError> {
+        let Some(v) = self.string(name) else { return Ok(Vec::new()) };
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|e| ConfigError::Invalid { name, message: format!("{s:?}: {e}") })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = SharedSettings::from_env(&Env::from_pairs(&[])).unwrap();
+        assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(s.event_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(s.dedupe_window, Duration::from_secs(120));
+        assert!(!s.url_policy.allow_http);
+    }
+
+    #[test]
+    fn durations_cidrs_and_replicas_are_parsed_and_checked() {
+        let env = Env::from_pairs(&[
+            ("WEBHOOKS_EVENT_RETENTION", "3d"),
+            ("WEBHOOKS_DEDUPE_WINDOW", "30s"),
+            ("WEBHOOKS_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8, 10.1.2.3"),
+            ("WEBHOOKS_ALLOW_HTTP", "true"),
+        ]);
+        let s = SharedSettings::from_env(&env).unwrap();
+        assert_eq!(s.event_retention, Duration::from_secs(3 * 86400));
+        assert_eq!(s.url_policy.allowed_private.len(), 2);
+        assert!(s.url_policy.allow_http);
+
+        let bad = Env::from_pairs(&[("WEBHOOKS_STREAM_REPLICAS", "2")]);
+        assert!(matches!(SharedSettings::from_env(&bad), Err(ConfigError::Invalid { .. })));
+        let bad = Env::from_pairs(&[("WEBHOOKS_EVENT_RETENTION", "forever")]);
+        assert!(matches!(SharedSettings::from_env(&bad), Err(ConfigError::Invalid { .. })));
+    }
+}

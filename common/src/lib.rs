@@ -1,0 +1,20 @@
+//! What both services share at run time; `proto` holds what they share on the wire.
+//!
+//! # Layout
+//! - [`config`]: the environment variables both binaries read (NATS, topology, URL rules).
+//! - [`nats`]: connecting, with credentials and connection-state logging.
+//! - [`topology`]: streams and KV buckets, created idempotently by whichever service starts first.
+//! - [`watch`]: a KV bucket mirrored into memory through a watch, so config changes reach every
+//!   replica without a restart.
+//! - [`urls`]: the rules a target URL must pass (scheme, SSRF guard); checked on create by
+//!   `ingest` and again on every delivery by `dispatcher`.
+//! - [`telemetry`]: tracing setup.
+//! - [`shutdown`]: SIGTERM/SIGINT into a cancellation token.
+
+pub mod config;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+pub mod urls;
+pub mod watch;

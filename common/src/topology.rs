@@ -1,0 +1,120 @@
+//! The JetStream streams and KV buckets, created or updated idempotently at start.
+//!
+//! Every stream has a byte cap as well as an age, so a small disk never fills. Where dropping
+//! the oldest data would lose work that is not finished (events not yet fanned out, queued
+//! deliveries, dead letters), a full stream refuses new messages instead: the producer gets a
+//! `503` and nothing accepted is ever dropped. Only the attempt log discards its oldest records.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self,
+    kv,
+    stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use proto::subjects;
+
+use crate::config::SharedSettings;
+
+/// The KV buckets every service needs.
+#[derive(Clone)]
+pub struct Stores {
+    pub subscriptions: kv::Store,
+    pub api_keys: kv::Store,
+}
+
+const GIB: i64 = 1024 * 1024 * 1024;
+
+/// Creates (or brings up to date) every stream and bucket.
+pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Result<Stores> {
+    let replicas = s.stream_replicas;
+    let streams = [
+        Config {
+            name: subjects::EVENTS_STREAM.into(),
+            description: Some("accepted events: fan-out source, replay, feed".into()),
+            subjects: vec![subjects::EVENTS_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            max_age: s.event_retention,
+            max_bytes: s.events_max_bytes,
+            discard: DiscardPolicy::New,
+            duplicate_window: s.dedupe_window,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            allow_direct: true,
+            ..Default::default()
+        },
+        Config {
+            name: subjects::DELIVERIES_STREAM.into(),
+            description: Some("one task per (event, subscription) until acked".into()),
+            subjects: vec![subjects::DELIVERIES_SUBJECTS.into()],
+            retention: RetentionPolicy::WorkQueue,
+            max_bytes: 8 * GIB,
+            discard: DiscardPolicy::New,
+            duplicate_window: s.dedupe_window,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        Config {
+            name: subjects::DLQ_STREAM.into(),
+            description: Some("deliveries that never succeeded, for inspection and redrive".into()),
+            subjects: vec![subjects::DLQ_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: 4 * GIB,
+            discard: DiscardPolicy::New,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            allow_direct: true,
+            ..Default::default()
+        },
+        Config {
+            name: subjects::ATTEMPTS_STREAM.into(),
+            description: Some("delivery attempt log".into()),
+            subjects: vec![subjects::ATTEMPTS_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 4 * GIB,
+            discard: DiscardPolicy::Old,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .with_context(|| format!("creating stream {name}"))?;
+    }
+    let subscriptions = bucket(js, subjects::SUBSCRIPTIONS_BUCKET, replicas).await?;
+    let api_keys = bucket(js, subjects::API_KEYS_BUCKET, replicas).await?;
+    Ok(Stores { subscriptions, api_keys })
+}
+
+async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow::Result<kv::Store> {
+    let config = kv::Config {
+        bucket: name.into(),
+        history: 1,
+        max_bytes: GIB,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_or_update_key_value(config)
+            .await
+            .with_context(|| format!("creating kv bucket {name}")),
+    }
+}
+
+/// Whether the events stream answers: what `/readyz` reports besides the connection.
+pub async fn streams_ready(js: &jetstream::Context) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), js.get_stream(subjects::EVENTS_STREAM)).await,
+        Ok(Ok(_))
+    )
+}

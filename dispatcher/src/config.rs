@@ -1,0 +1,73 @@
+//! `Settings` of the dispatcher: the shared variables plus delivery tuning.
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::config::{ConfigError, Env, SharedSettings};
+
+/// Everything the dispatcher needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub shared: SharedSettings,
+    /// `WEBHOOKS_METRICS_LISTEN`: `/healthz`, `/readyz`, `/metrics`.
+    pub metrics_listen: SocketAddr,
+    /// Total time allowed for one delivery request (`WEBHOOKS_HTTP_TIMEOUT`, 15 s).
+    pub http_timeout: Duration,
+    /// Time allowed to connect (`WEBHOOKS_CONNECT_TIMEOUT`, 5 s).
+    pub connect_timeout: Duration,
+    /// Deliveries in flight at once in this process (`WEBHOOKS_MAX_IN_FLIGHT`, 512).
+    pub max_in_flight: usize,
+    /// Events fanned out at once (`WEBHOOKS_FANOUT_CONCURRENCY`, 64).
+    pub fanout_concurrency: usize,
+    /// How long JetStream waits for an ack before redelivering; longer than the HTTP timeout
+    /// plus a margin, or a slow delivery is sent twice.
+    pub ack_wait: Duration,
+    /// How long draining waits for in-flight deliveries (`WEBHOOKS_SHUTDOWN_GRACE`, 20 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Defaults around the shared settings.
+    pub fn new(shared: SharedSettings) -> Self {
+        Self {
+            shared,
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            http_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_in_flight: 512,
+            fanout_concurrency: 64,
+            ack_wait: Duration::from_secs(45),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+
+    /// From the process environment, checked.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut s = Self::new(SharedSettings::from_env(env)?);
+        s.metrics_listen = env.parse("WEBHOOKS_METRICS_LISTEN", s.metrics_listen)?;
+        s.http_timeout = env.duration("WEBHOOKS_HTTP_TIMEOUT", s.http_timeout)?;
+        s.connect_timeout = env.duration("WEBHOOKS_CONNECT_TIMEOUT", s.connect_timeout)?;
+        s.max_in_flight = env.parse("WEBHOOKS_MAX_IN_FLIGHT", s.max_in_flight)?;
+        s.fanout_concurrency = env.parse("WEBHOOKS_FANOUT_CONCURRENCY", s.fanout_concurrency)?;
+        s.shutdown_grace = env.duration("WEBHOOKS_SHUTDOWN_GRACE", s.shutdown_grace)?;
+        s.ack_wait = s.http_timeout * 3;
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Refuses combinations that cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.ack_wait <= self.http_timeout + Duration::from_secs(5) {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOKS_HTTP_TIMEOUT",
+                message: "ack wait must exceed the http timeout by more than 5 s".into(),
+            });
+        }
+        if self.max_in_flight == 0 || self.fanout_concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOKS_MAX_IN_FLIGHT",
+                message: "concurrency limits must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}

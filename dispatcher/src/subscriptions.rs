@@ -1,0 +1,232 @@
+//! The in-memory subscription index, kept current by a watch on the subscriptions bucket.
+//!
+//! Matching looks up at most six buckets per event: the exact type, its `prefix.*` and `*`,
+//! each for the event's agent and for "any agent". So the cost of an event depends on its
+//! matches, not on how many subscriptions exist. Disabled subscriptions stay known by id (a
+//! queued delivery must learn it is disabled) but are not matched.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use common::watch::{Change, Sink};
+use proto::v1::Subscription;
+
+use crate::signing::Signer;
+
+/// A subscription ready to deliver to: the record and its prepared signing keys.
+pub struct Live {
+    pub sub: Subscription,
+    pub signer: Signer,
+}
+
+/// What the index knows about a subscription id.
+pub enum Lookup {
+    Live(Arc<Live>),
+    /// Deleted: its queued deliveries are dropped.
+    Deleted,
+    /// Never seen: perhaps created a moment ago and not yet seen here.
+    Unknown,
+}
+
+type BucketKey = (String, String);
+
+#[derive(Default)]
+struct Inner {
+    /// Every subscription by id (`None` once deleted), with its KV revision.
+    by_id: HashMap<String, (u64, Option<Arc<Live>>)>,
+    /// tenant -> (type pattern, agent or "") -> enabled subscriptions.
+    buckets: HashMap<String, HashMap<BucketKey, Vec<Arc<Live>>>>,
+}
+
+/// The index, shared by the fan-out, the delivery loop and the KV watch.
+#[derive(Default, Clone)]
+pub struct Index {
+    inner: Arc<RwLock<Inner>>,
+}
+
+fn bucket_keys(sub: &Subscription) -> Vec<BucketKey> {
+    let agents: Vec<&str> =
+        if sub.agent_ids.is_empty() { vec![""] } else { sub.agent_ids.iter().map(String::as_str).collect() };
+    sub.event_types
+        .iter()
+        .flat_map(|t| agents.iter().map(move |a| (t.clone(), (*a).to_owned())))
+        .collect()
+}
+
+impl Inner {
+    fn unregister(&mut self, live: &Live) {
+        let Some(tenant) = self.buckets.get_mut(&live.sub.tenant_id) else { return };
+        for key in bucket_keys(&live.sub) {
+            if let Some(list) = tenant.get_mut(&key) {
+                list.retain(|l| l.sub.id != live.sub.id);
+                if list.is_empty() {
+                    tenant.remove(&key);
+                }
+            }
+        }
+        if tenant.is_empty() {
+            self.buckets.remove(&live.sub.tenant_id);
+        }
+    }
+
+    fn register(&mut self, live: &Arc<Live>) {
+        let tenant = self.buckets.entry(live.sub.tenant_id.clone()).or_default();
+        for key in bucket_keys(&live.sub) {
+            tenant.entry(key).or_default().push(live.clone());
+        }
+    }
+}
+
+impl Index {
+    /// Applies one change from the watch (or a write of our own); older revisions are ignored.
+    pub fn apply(&self, change: Change<Subscription>) {
+        let (id, revision, sub) = match change {
+            Change::Put { revision, value, .. } => (value.id.clone(), revision, Some(value)),
+            // Keys are `<tenant>.<id>`.
+            Change::Delete { key, revision } => {
+                (key.rsplit('.').next().unwrap_or_default().to_owned(), revision, None)
+            }
+        };
+        let live = match sub {
+            None => None,
+            Some(sub) => {
+                let secrets = sub.secrets.iter().map(|s| {
+                    (s.secret.as_str(), s.expires_at.as_ref().map(|t| t.seconds))
+                });
+                match Signer::new(secrets) {
+                    Ok(signer) => Some(Arc::new(Live { signer, sub })),
+                    Err(error) => {
+                        tracing::error!(subscription_id = %id, error = %error, "subscription with unusable secret ignored");
+                        None
+                    }
+                }
+            }
+        };
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.by_id.get(&id).is_some_and(|(r, _)| *r >= revision) {
+            return;
+        }
+        if let Some((_, Some(old))) = inner.by_id.get(&id).cloned() {
+            inner.unregister(&old);
+        }
+        if let Some(live) = &live {
+            if live.sub.enabled {
+                inner.register(live);
+            }
+        }
+        inner.by_id.insert(id, (revision, live));
+    }
+
+    /// The enabled subscriptions of `tenant` that want an event of `event_type` from `agent`.
+    pub fn matches(&self, tenant: &str, event_type: &str, agent: &str) -> Vec<Arc<Live>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let Some(buckets) = inner.buckets.get(tenant) else { return Vec::new() };
+        let prefix = event_type.split_once('.').map(|(p, _)| format!("{p}.*"));
+        let mut out: Vec<Arc<Live>> = Vec::new();
+        for pattern in [Some(event_type), prefix.as_deref(), Some("*")].into_iter().flatten() {
+            for a in [agent, ""] {
+                let key = (pattern.to_owned(), a.to_owned());
+                for live in buckets.get(&key).into_iter().flatten() {
+                    if !out.iter().any(|o| o.sub.id == live.sub.id) {
+                        out.push(live.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The subscription with `id`, as far as this replica knows.
+    pub fn get(&self, id: &str) -> Lookup {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        match inner.by_id.get(id) {
+            Some((_, Some(live))) => Lookup::Live(live.clone()),
+            Some((_, None)) => Lookup::Deleted,
+            None => Lookup::Unknown,
+        }
+    }
+}
+
+impl Sink<Subscription> for Index {
+    fn apply(&self, change: Change<Subscription>) {
+        Index::apply(self, change);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, tenant: &str, types: &[&str], agents: &[&str], enabled: bool) -> Subscription {
+        Subscription {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            url: "https://example.com".into(),
+            event_types: types.iter().map(|s| (*s).to_owned()).collect(),
+            agent_ids: agents.iter().map(|s| (*s).to_owned()).collect(),
+            enabled,
+            secrets: vec![proto::v1::SigningSecret {
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+                expires_at: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn put(index: &Index, revision: u64, s: Subscription) {
+        index.apply(Change::Put { key: format!("{}.{}", s.tenant_id, s.id), revision, value: s });
+    }
+
+    fn ids(v: Vec<Arc<Live>>) -> Vec<String> {
+        let mut ids: Vec<String> = v.iter().map(|l| l.sub.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn exact_prefix_and_wildcard_patterns_match() {
+        let index = Index::default();
+        put(&index, 1, sub("exact", "t", &["call.started"], &[], true));
+        put(&index, 2, sub("prefix", "t", &["call.*"], &[], true));
+        put(&index, 3, sub("all", "t", &["*"], &[], true));
+        put(&index, 4, sub("other", "t", &["qa.scored"], &[], true));
+        assert_eq!(ids(index.matches("t", "call.started", "a1")), ["all", "exact", "prefix"]);
+        assert_eq!(ids(index.matches("t", "call.ended", "a1")), ["all", "prefix"]);
+        assert_eq!(ids(index.matches("t", "qa.scored", "a1")), ["all", "other"]);
+    }
+
+    #[test]
+    fn agent_filters_and_tenants_are_respected() {
+        let index = Index::default();
+        put(&index, 1, sub("a1-only", "t", &["*"], &["a1"], true));
+        put(&index, 2, sub("other-tenant", "u", &["*"], &[], true));
+        assert_eq!(ids(index.matches("t", "call.started", "a1")), ["a1-only"]);
+        assert!(index.matches("t", "call.started", "a2").is_empty());
+    }
+
+    #[test]
+    fn overlapping_patterns_match_once() {
+        let index = Index::default();
+        put(&index, 1, sub("s", "t", &["call.*", "call.started", "*"], &["a1"], true));
+        assert_eq!(ids(index.matches("t", "call.started", "a1")), ["s"]);
+    }
+
+    #[test]
+    fn edits_disables_and_deletes_take_effect_and_stale_revisions_do_not() {
+        let index = Index::default();
+        put(&index, 1, sub("s", "t", &["call.started"], &[], true));
+        put(&index, 2, sub("s", "t", &["qa.scored"], &[], true));
+        assert!(index.matches("t", "call.started", "a").is_empty());
+        assert_eq!(ids(index.matches("t", "qa.scored", "a")), ["s"]);
+        put(&index, 1, sub("s", "t", &["call.started"], &[], true));
+        assert!(index.matches("t", "call.started", "a").is_empty());
+        put(&index, 3, sub("s", "t", &["qa.scored"], &[], false));
+        assert!(index.matches("t", "qa.scored", "a").is_empty());
+        assert!(matches!(index.get("s"), Lookup::Live(l) if !l.sub.enabled));
+        index.apply(Change::Delete { key: "t.s".into(), revision: 4 });
+        assert!(matches!(index.get("s"), Lookup::Deleted));
+        assert!(matches!(index.get("never"), Lookup::Unknown));
+    }
+}

@@ -1,0 +1,98 @@
+//! `App::build` (bind, connect, ensure topology, start mirrors) and `App::run` (serve, drain).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use common::{
+    topology::{self, Stores},
+    watch::{self, Mirror, Ready},
+};
+use proto::v1::{ApiKey, Subscription};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Settings, routes};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub stores: Stores,
+    pub keys: Arc<Mirror<ApiKey>>,
+    pub subscriptions: Arc<Mirror<Subscription>>,
+    pub mirrors_ready: [Ready; 2],
+    /// Set when draining starts, so `/readyz` turns away new traffic first.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// A built, not yet serving, ingest service.
+pub struct App {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    background: CancellationToken,
+}
+
+impl App {
+    /// Binds the port and connects to NATS, so a bad configuration fails before serving.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let client = common::nats::connect(&settings.shared, "ingest").await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let stores = topology::ensure(&js, &settings.shared).await?;
+        let background = CancellationToken::new();
+        let keys = Arc::new(Mirror::default());
+        let subscriptions = Arc::new(Mirror::default());
+        let mut keys_ready = watch::spawn(stores.api_keys.clone(), keys.clone(), background.clone());
+        let mut subs_ready =
+            watch::spawn(stores.subscriptions.clone(), subscriptions.clone(), background.clone());
+        // Serve only with a complete picture of keys and subscriptions.
+        for ready in [&mut keys_ready, &mut subs_ready] {
+            anyhow::ensure!(ready.wait(Duration::from_secs(30)).await, "kv mirrors did not catch up");
+        }
+        let state = AppState {
+            settings: Arc::new(settings),
+            client,
+            js,
+            stores,
+            keys,
+            subscriptions,
+            mirrors_ready: [keys_ready, subs_ready],
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(App { listener, state, background })
+    }
+
+    /// The bound address (port 0 in tests becomes a real one here).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `token` is cancelled, then drains: readiness fails, in-flight requests
+    /// finish, and the NATS connection flushes.
+    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        let App { listener, state, background } = self;
+        let draining = state.draining.clone();
+        let client = state.client.clone();
+        let router = routes::router(state);
+        let shutdown = async move {
+            token.cancelled().await;
+            draining.store(true, Ordering::SeqCst);
+        };
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        background.cancel();
+        if let Err(error) = client.drain().await {
+            tracing::warn!(error = %error, "nats drain failed");
+        }
+        served.context("http server failed")
+    }
+}

@@ -1,0 +1,21 @@
+//! The front door: validates events and stores them in JetStream; the tenant, key and
+//! subscription API. It never calls a subscriber's URL: only `dispatcher` does.
+//!
+//! # Layout
+//! - [`config`]: `Settings`, from the environment or built in code by tests.
+//! - [`app`]: `App::build` (bind, connect, ensure streams, mirror KV) and `App::run` (serve,
+//!   drain on cancel); `AppState`, shared by the handlers.
+//! - [`routes`]: the HTTP API, one module per resource.
+//! - [`auth`]: API keys (hashed, revocable) and the admin token.
+//! - [`publisher`]: building the stored event and waiting for its PubAck.
+//! - [`error`]: `ApiError`, answered as problem+json.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod publisher;
+pub mod routes;
+
+pub use app::App;
+pub use config::Settings;

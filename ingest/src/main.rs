@@ -1,0 +1,16 @@
+//! The `ingest` binary: telemetry, settings, build, serve until SIGTERM, drain.
+
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init("info");
+    let settings = ingest::Settings::from_env(&common::config::Env::process())?;
+    let app = ingest::App::build(settings).await?;
+    tracing::info!(addr = %app.local_addr()?, "ingest listening");
+    let token = CancellationToken::new();
+    common::shutdown::cancel_on_signal(token.clone());
+    app.run(token).await?;
+    tracing::info!("ingest stopped");
+    Ok(())
+}

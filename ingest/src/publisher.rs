@@ -1,0 +1,64 @@
+//! Publishing an accepted event to JetStream and waiting for its PubAck.
+//!
+//! A `202` promises the event is stored, so nothing is answered before the PubAck. While the
+//! connection is down the answer is an immediate `503`, not a wait.
+
+use async_nats::jetstream::message::PublishMessage as Publish;
+use prost::Message as _;
+use proto::{subjects, v1::Event, validate::NewEvent};
+use sha2::{Digest as _, Sha256};
+
+use crate::{app::AppState, error::ApiError};
+
+/// What the producer is told about an accepted event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Accepted {
+    pub id: String,
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+/// The event to store for a validated request. The id is the producer's, else one derived
+/// from the `Idempotency-Key` (so a repeat gets the same id), else a fresh `evt_<ulid>`.
+pub fn build_event(tenant: &str, new: NewEvent, idempotency_key: Option<&str>) -> Event {
+    let id = new.id.unwrap_or_else(|| match idempotency_key {
+        Some(key) => {
+            let digest = Sha256::digest(format!("{tenant}\n{key}").as_bytes());
+            let mut first = [0u8; 16];
+            first.copy_from_slice(&digest[..16]);
+            format!("evt_{}", ulid::Ulid::from_bytes(first))
+        }
+        None => format!("evt_{}", ulid::Ulid::new()),
+    });
+    let accepted_at = proto::time::now();
+    Event {
+        id,
+        tenant_id: tenant.to_owned(),
+        agent_id: new.agent_id,
+        call_id: new.call_id,
+        r#type: new.event_type,
+        occurred_at: Some(new.occurred_at.unwrap_or(accepted_at)),
+        accepted_at: Some(accepted_at),
+        data: Some(new.data),
+    }
+}
+
+/// Stores `event`, deduplicated by its tenant-scoped id within the dedupe window.
+pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiError> {
+    if !common::nats::is_connected(&state.client) {
+        return Err(ApiError::Unavailable(anyhow::anyhow!("not connected to nats")));
+    }
+    let subject = subjects::event_subject(&event.tenant_id, &event.agent_id, &event.r#type);
+    let publish = Publish::build()
+        .payload(event.encode_to_vec().into())
+        .message_id(subjects::event_msg_id(&event.tenant_id, &event.id));
+    let ack = async {
+        let pending = state.js.send_publish(subject, publish).await?;
+        Ok::<_, anyhow::Error>(pending.await?)
+    };
+    let ack = tokio::time::timeout(state.settings.publish_timeout, ack)
+        .await
+        .map_err(|_| ApiError::Unavailable(anyhow::anyhow!("timed out waiting for the pub ack")))?
+        .map_err(ApiError::Unavailable)?;
+    Ok(Accepted { id: event.id.clone(), sequence: ack.sequence, duplicate: ack.duplicate })
+}

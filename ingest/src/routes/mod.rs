@@ -1,0 +1,78 @@
+//! The HTTP API: one module per resource, plus the shared body and paging helpers.
+
+mod admin;
+mod event_types;
+mod events;
+mod health;
+mod subscriptions;
+
+use std::collections::HashMap;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, rejection::BytesRejection},
+    routing::{delete, get, post},
+};
+use serde_json::Value;
+
+use crate::{app::AppState, error::ApiError};
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings.clone();
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route(
+            "/v1/events",
+            post(events::create).layer(DefaultBodyLimit::max(settings.event_body_limit)),
+        )
+        .route(
+            "/v1/events/batch",
+            post(events::batch).layer(DefaultBodyLimit::max(settings.batch_body_limit)),
+        )
+        .route("/v1/event-types", get(event_types::list))
+        .route("/v1/subscriptions", get(subscriptions::list).post(subscriptions::create))
+        .route(
+            "/v1/subscriptions/{id}",
+            get(subscriptions::get).patch(subscriptions::update).delete(subscriptions::remove),
+        )
+        .route("/v1/subscriptions/{id}/secret", get(subscriptions::secret))
+        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_key))
+        .route("/v1/admin/api-keys/{id}", delete(admin::revoke_key))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Rejected {
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                detail: "method not allowed on this resource".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(settings.event_body_limit))
+        .with_state(state)
+}
+
+/// A JSON body, or the problem that says why it is not one.
+pub(crate) fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|r| ApiError::from_body_rejection(r, limit))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
+}
+
+/// `limit` and `after` of a list request.
+pub(crate) struct Page {
+    pub limit: usize,
+    pub after: Option<String>,
+}
+
+impl Page {
+    pub(crate) fn from_query(query: &HashMap<String, String>, default: usize, max: usize) -> Result<Page, ApiError> {
+        let limit = match query.get("limit") {
+            None => default,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => return Err(ApiError::field("limit", format!("must be an integer from 1 to {max}"))),
+            },
+        };
+        Ok(Page { limit, after: query.get("after").filter(|a| !a.is_empty()).cloned() })
+    }
+}

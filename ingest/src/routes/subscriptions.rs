@@ -1,0 +1,348 @@
+//! Subscriptions: CRUD on the subscriptions KV bucket, scoped by tenant, and the secret.
+//!
+//! Writes go to KV (create-if-absent, compare-and-set updates); reads come from this replica's
+//! mirror of the bucket, which applies its own writes at once. Another tenant's subscription is
+//! indistinguishable from a missing one (`404`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+    http::StatusCode,
+};
+use base64::Engine as _;
+use common::watch::Change;
+use prost::Message as _;
+use proto::{
+    catalog, subjects,
+    v1::{RetryPolicy, SigningSecret, Subscription},
+    validate::FieldError,
+};
+use rand::RngCore as _;
+use serde_json::{Value, json};
+
+use super::{Page, json_body};
+use crate::{app::AppState, auth::Tenant, error::ApiError};
+
+const MAX_EVENT_TYPES: usize = 64;
+const MAX_AGENT_IDS: usize = 1000;
+const MAX_HEADERS: usize = 20;
+const MAX_ATTEMPTS: u64 = 30;
+const MAX_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Headers a subscription may not set: the signature's, the transport's, and ours.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type", "content-length", "host", "user-agent", "traceparent", "tracestate",
+    "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+];
+
+/// The JSON view of a subscription (without the secret).
+fn view(sub: &Subscription) -> Value {
+    let retry = sub.retry.as_ref().map(|r| {
+        json!({
+            "max_attempts": (r.max_attempts > 0).then_some(r.max_attempts),
+            "schedule_ms": (!r.schedule_ms.is_empty()).then_some(&r.schedule_ms),
+        })
+    });
+    json!({
+        "id": sub.id,
+        "url": sub.url,
+        "event_types": sub.event_types,
+        "agent_ids": (!sub.agent_ids.is_empty()).then_some(&sub.agent_ids),
+        "description": sub.description,
+        "enabled": sub.enabled,
+        "headers": sub.headers,
+        "retry": retry,
+        "rate_limit_per_s": (sub.rate_limit_per_s > 0).then_some(sub.rate_limit_per_s),
+        "disabled_reason": (!sub.disabled_reason.is_empty()).then_some(&sub.disabled_reason),
+        "created_at": sub.created_at.as_ref().map(proto::time::format_rfc3339),
+        "updated_at": sub.updated_at.as_ref().map(proto::time::format_rfc3339),
+    })
+}
+
+fn new_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// A path id that cannot address another tenant's key or a wildcard.
+fn checked_id(id: &str) -> Result<&str, ApiError> {
+    let ok = id.strip_prefix("sub_").is_some_and(|u| u.len() == 26 && u.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok { Ok(id) } else { Err(ApiError::NotFound) }
+}
+
+/// Applies the fields of a create or patch body to `sub`, listing every offending field.
+async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, creating: bool) -> Result<(), ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::field("", "must be a JSON object"));
+    };
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: &str| {
+        errors.push(FieldError { field: field.into(), message: message.into() });
+    };
+    for key in obj.keys() {
+        if !matches!(
+            key.as_str(),
+            "url" | "event_types" | "agent_ids" | "description" | "enabled" | "headers" | "retry" | "rate_limit_per_s"
+        ) {
+            err(key, "unknown field");
+        }
+    }
+    if creating {
+        for required in ["url", "event_types"] {
+            if !obj.contains_key(required) {
+                err(required, "is required");
+            }
+        }
+    }
+    if let Some(v) = obj.get("url") {
+        match v.as_str() {
+            None => err("url", "must be a string"),
+            Some(raw) => match state.settings.shared.url_policy.check(raw).await {
+                Ok(url) => sub.url = url.to_string(),
+                Err(e) => err("url", &e.to_string()),
+            },
+        }
+    }
+    if let Some(v) = obj.get("event_types") {
+        match v.as_array() {
+            Some(list) if !list.is_empty() && list.len() <= MAX_EVENT_TYPES => {
+                let mut types = Vec::new();
+                for (i, t) in list.iter().enumerate() {
+                    match t.as_str() {
+                        Some(p) if catalog::type_pattern_is_valid(p) => types.push(p.to_owned()),
+                        _ => err(&format!("event_types[{i}]"), "must be a known event type, a `prefix.*` pattern, or `*`"),
+                    }
+                }
+                types.sort();
+                types.dedup();
+                sub.event_types = types;
+            }
+            _ => err("event_types", &format!("must be an array of 1 to {MAX_EVENT_TYPES} event types")),
+        }
+    }
+    if let Some(v) = obj.get("agent_ids") {
+        match v {
+            Value::Null => sub.agent_ids.clear(),
+            Value::Array(list) if !list.is_empty() && list.len() <= MAX_AGENT_IDS => {
+                let mut ids = Vec::new();
+                for (i, a) in list.iter().enumerate() {
+                    match a.as_str() {
+                        Some(id) if proto::validate::is_valid_id(id) => ids.push(id.to_owned()),
+                        _ => err(&format!("agent_ids[{i}]"), "must match ^[A-Za-z0-9_-]{1,64}$"),
+                    }
+                }
+                ids.sort();
+                ids.dedup();
+                sub.agent_ids = ids;
+            }
+            _ => err("agent_ids", &format!("must be null or an array of 1 to {MAX_AGENT_IDS} agent ids")),
+        }
+    }
+    if let Some(v) = obj.get("description") {
+        match v {
+            Value::Null => sub.description.clear(),
+            Value::String(s) if s.chars().count() <= 1024 => sub.description = s.clone(),
+            _ => err("description", "must be a string of at most 1024 characters"),
+        }
+    }
+    if let Some(v) = obj.get("enabled") {
+        match v.as_bool() {
+            Some(enabled) => {
+                sub.enabled = enabled;
+                if enabled {
+                    sub.disabled_reason.clear();
+                }
+            }
+            None => err("enabled", "must be a boolean"),
+        }
+    }
+    if let Some(v) = obj.get("headers") {
+        match v {
+            Value::Null => sub.headers.clear(),
+            Value::Object(map) if map.len() <= MAX_HEADERS => {
+                let mut headers = BTreeMap::new();
+                for (name, value) in map {
+                    let field = format!("headers.{name}");
+                    let lower = name.to_ascii_lowercase();
+                    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        err(&field, "is not a valid header name");
+                    } else if lower.starts_with("webhook-") || RESERVED_HEADERS.contains(&lower.as_str()) {
+                        err(&field, "is reserved");
+                    } else {
+                        match value.as_str().map(axum::http::HeaderValue::from_str) {
+                            Some(Ok(_)) => {
+                                headers.insert(lower, value.as_str().unwrap_or_default().to_owned());
+                            }
+                            _ => err(&field, "must be a valid header value string"),
+                        }
+                    }
+                }
+                sub.headers = headers;
+            }
+            _ => err("headers", &format!("must be an object of at most {MAX_HEADERS} string headers")),
+        }
+    }
+    if let Some(v) = obj.get("retry") {
+        match v {
+            Value::Null => sub.retry = None,
+            Value::Object(map) => {
+                let mut retry = RetryPolicy::default();
+                for key in map.keys().filter(|k| *k != "max_attempts" && *k != "schedule_ms") {
+                    err(&format!("retry.{key}"), "unknown field");
+                }
+                match map.get("max_attempts") {
+                    None | Some(Value::Null) => {}
+                    Some(n) => match n.as_u64() {
+                        Some(n) if (1..=MAX_ATTEMPTS).contains(&n) => retry.max_attempts = n as u32,
+                        _ => err("retry.max_attempts", "must be an integer from 1 to 30"),
+                    },
+                }
+                match map.get("schedule_ms") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::Array(list)) if list.len() <= 30 => {
+                        for (i, d) in list.iter().enumerate() {
+                            match d.as_u64() {
+                                Some(ms) if ms <= MAX_DELAY_MS => retry.schedule_ms.push(ms),
+                                _ => err(&format!("retry.schedule_ms[{i}]"), "must be an integer of milliseconds, at most 7 days"),
+                            }
+                        }
+                    }
+                    Some(_) => err("retry.schedule_ms", "must be an array of at most 30 delays"),
+                }
+                sub.retry = Some(retry);
+            }
+            _ => err("retry", "must be an object or null"),
+        }
+    }
+    if let Some(v) = obj.get("rate_limit_per_s") {
+        match v {
+            Value::Null => sub.rate_limit_per_s = 0,
+            _ => match v.as_u64() {
+                Some(n) if (1..=100_000).contains(&n) => sub.rate_limit_per_s = n as u32,
+                _ => err("rate_limit_per_s", "must be null or an integer from 1 to 100000"),
+            },
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::Invalid(errors)) }
+}
+
+fn kv_unavailable(e: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::Unavailable(e.into())
+}
+
+pub async fn create(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = json_body(body, state.settings.event_body_limit)?;
+    let now = proto::time::now();
+    let secret = new_secret();
+    let mut sub = Subscription {
+        id: format!("sub_{}", ulid::Ulid::new()),
+        tenant_id: tenant.to_string(),
+        enabled: true,
+        secrets: vec![SigningSecret { secret: secret.clone(), expires_at: None }],
+        created_at: Some(now),
+        updated_at: Some(now),
+        ..Default::default()
+    };
+    apply_fields(&state, &mut sub, &body, true).await?;
+    let key = subjects::subscription_key(&tenant, &sub.id);
+    let revision = state
+        .stores
+        .subscriptions
+        .create(&key, Bytes::from(sub.encode_to_vec()))
+        .await
+        .map_err(kv_unavailable)?;
+    let mut out = view(&sub);
+    out["secret"] = json!(secret);
+    state.subscriptions.apply(Change::Put { key, revision, value: sub });
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+pub async fn list(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let page = Page::from_query(&query, 100, 1000)?;
+    let prefix = format!("{tenant}.");
+    let mut subs = state.subscriptions.range(&prefix, page.after.as_deref(), page.limit + 1);
+    let more = subs.len() > page.limit;
+    subs.truncate(page.limit);
+    let next = if more { subs.last().map(|s| s.id.clone()) } else { None };
+    let data: Vec<Value> = subs.iter().map(|s| view(s)).collect();
+    Ok(Json(json!({"data": data, "next_cursor": next})))
+}
+
+fn find(state: &AppState, tenant: &str, id: &str) -> Result<std::sync::Arc<Subscription>, ApiError> {
+    let id = checked_id(id)?;
+    state.subscriptions.get(&subjects::subscription_key(tenant, id)).ok_or(ApiError::NotFound)
+}
+
+pub async fn get(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sub = find(&state, &tenant, &id)?;
+    Ok(Json(view(&sub)))
+}
+
+pub async fn secret(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sub = find(&state, &tenant, &id)?;
+    let current = sub.secrets.first().map(|s| s.secret.clone()).unwrap_or_default();
+    Ok(Json(json!({"secret": current})))
+}
+
+/// Read, change and compare-and-set, retried when another writer got in between.
+pub async fn update(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body, state.settings.event_body_limit)?;
+    let key = subjects::subscription_key(&tenant, checked_id(&id)?);
+    let store = &state.stores.subscriptions;
+    for _ in 0..5 {
+        let entry = store.entry(&key).await.map_err(kv_unavailable)?.ok_or(ApiError::NotFound)?;
+        if entry.operation != async_nats::jetstream::kv::Operation::Put {
+            return Err(ApiError::NotFound);
+        }
+        let mut sub = Subscription::decode(entry.value.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
+        apply_fields(&state, &mut sub, &body, false).await?;
+        sub.updated_at = Some(proto::time::now());
+        match store.update(&key, Bytes::from(sub.encode_to_vec()), entry.revision).await {
+            Ok(revision) => {
+                let out = view(&sub);
+                state.subscriptions.apply(Change::Put { key, revision, value: sub });
+                return Ok(Json(out));
+            }
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(kv_unavailable(e)),
+        }
+    }
+    Err(ApiError::Rejected { status: StatusCode::CONFLICT, detail: "the subscription kept changing; try again".into() })
+}
+
+pub async fn remove(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let sub = find(&state, &tenant, &id)?;
+    let key = subjects::subscription_key(&tenant, &sub.id);
+    state.stores.subscriptions.delete(&key).await.map_err(kv_unavailable)?;
+    // Subscription ids are never reused, so the deletion outranks every revision.
+    state.subscriptions.apply(Change::Delete { key, revision: u64::MAX });
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,10 @@
+//! Compiles `webhooks/v1/*.proto` with protox (pure Rust), so no `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=webhooks");
+    let files = protox::compile(["webhooks/v1/webhooks.proto"], ["."])?;
+    prost_build::Config::new()
+        .btree_map(["."])
+        .compile_fds(files)?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The one place where stream, subject, consumer, KV bucket and header names are spelled.
+//!
+//! Both services create these objects idempotently on start, so they must agree on every
+//! name; anything that talks to NATS takes its names from here.
+
+/// Stream holding every accepted event, protobuf-encoded.
+pub const EVENTS_STREAM: &str = "WEBHOOK_EVENTS";
+/// Subjects of the events stream: `webhooks.events.<tenant>.<agent>.<type>`.
+pub const EVENTS_SUBJECTS: &str = "webhooks.events.>";
+/// Work-queue stream of per-(event, subscription) delivery tasks.
+pub const DELIVERIES_STREAM: &str = "WEBHOOK_DELIVERIES";
+/// Subjects of the deliveries stream: `webhooks.deliveries.<tenant>.<subscription>`.
+pub const DELIVERIES_SUBJECTS: &str = "webhooks.deliveries.>";
+/// Stream of dead letters: deliveries that never succeeded.
+pub const DLQ_STREAM: &str = "WEBHOOK_DLQ";
+/// Subjects of the dead-letter stream: `webhooks.dlq.<tenant>.<subscription>`.
+pub const DLQ_SUBJECTS: &str = "webhooks.dlq.>";
+/// Stream of delivery attempt records.
+pub const ATTEMPTS_STREAM: &str = "WEBHOOK_ATTEMPTS";
+/// Subjects of the attempts stream: `webhooks.attempts.<tenant>.<subscription>`.
+pub const ATTEMPTS_SUBJECTS: &str = "webhooks.attempts.>";
+
+/// Durable pull consumer on the events stream, shared by every dispatcher replica.
+pub const FANOUT_CONSUMER: &str = "dispatcher-fanout";
+/// Durable pull consumer on the deliveries stream, shared by every dispatcher replica.
+pub const DELIVER_CONSUMER: &str = "dispatcher-deliver";
+
+/// KV bucket of subscriptions, keyed `<tenant>.<subscription id>`.
+pub const SUBSCRIPTIONS_BUCKET: &str = "webhooks_subscriptions";
+/// KV bucket of API-key records (hashes only), keyed by key id.
+pub const API_KEYS_BUCKET: &str = "webhooks_api_keys";
+
+/// Request subject prefix for upstream producers: `webhooks.ingest.<tenant>`.
+pub const INGEST_PREFIX: &str = "webhooks.ingest";
+
+/// JetStream's idempotency header.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// W3C trace context, carried from the ingest request to every delivery attempt.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// Outbound (receiver-facing) Standard Webhooks header names.
+pub mod http {
+    pub const WEBHOOK_ID: &str = "webhook-id";
+    pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+    pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+    pub const WEBHOOK_ATTEMPT: &str = "webhook-attempt";
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+}
+
+/// `webhooks.events.<tenant>.<agent>.<type>`; the type's own dot makes it two tokens.
+pub fn event_subject(tenant: &str, agent: &str, event_type: &str) -> String {
+    format!("webhooks.events.{tenant}.{agent}.{event_type}")
+}
+
+/// Every event of one tenant.
+pub fn tenant_events_filter(tenant: &str) -> String {
+    format!("webhooks.events.{tenant}.>")
+}
+
+/// `webhooks.deliveries.<tenant>.<subscription>`.
+pub fn delivery_subject(tenant: &str, subscription: &str) -> String {
+    format!("webhooks.deliveries.{tenant}.{subscription}")
+}
+
+/// `webhooks.dlq.<tenant>.<subscription>`.
+pub fn dlq_subject(tenant: &str, subscription: &str) -> String {
+    format!("webhooks.dlq.{tenant}.{subscription}")
+}
+
+/// `webhooks.attempts.<tenant>.<subscription>`.
+pub fn attempts_subject(tenant: &str, subscription: &str) -> String {
+    format!("webhooks.attempts.{tenant}.{subscription}")
+}
+
+/// `webhooks.ingest.<tenant>`.
+pub fn ingest_subject(tenant: &str) -> String {
+    format!("{INGEST_PREFIX}.{tenant}")
+}
+
+/// The idempotency id of an event in the events stream: scoped by tenant, so two tenants
+/// choosing the same event id never collide.
+pub fn event_msg_id(tenant: &str, event_id: &str) -> String {
+    format!("{tenant}:{event_id}")
+}
+
+/// The idempotency id of a delivery task: a redelivered fan-out publishes the same id and
+/// JetStream drops the copy.
+pub fn delivery_msg_id(event_id: &str, subscription: &str) -> String {
+    format!("{event_id}:{subscription}")
+}
+
+/// KV key of a subscription.
+pub fn subscription_key(tenant: &str, subscription: &str) -> String {
+    format!("{tenant}.{subscription}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_subject_puts_tenant_and_agent_before_the_dotted_type() {
+        assert_eq!(
+            event_subject("acme", "agent_1", "call.started"),
+            "webhooks.events.acme.agent_1.call.started"
+        );
+    }
+
+    #[test]
+    fn msg_ids_are_scoped() {
+        assert_ne!(event_msg_id("a", "e1"), event_msg_id("b", "e1"));
+        assert_eq!(delivery_msg_id("e1", "sub_1"), "e1:sub_1");
+    }
+}
