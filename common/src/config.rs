@@ -69,7 +69,9 @@ impl SharedSettings {
             event_retention: env.duration("WEBHOOKS_EVENT_RETENTION", d.event_retention)?,
             dedupe_window: env.duration("WEBHOOKS_DEDUPE_WINDOW", d.dedupe_window)?,
             events_max_bytes: env.parse("WEBHOOKS_EVENTS_MAX_BYTES", d.events_max_bytes)?,
-            links_base_url: env.string("WEBHOOKS_LINKS_BASE_URL").unwrap_or(d.links_base_url),
+            links_base_url: env
+                .string("WEBHOOKS_LINKS_BASE_URL")
+                .unwrap_or(d.links_base_url),
             url_policy: UrlPolicy {
                 allow_http: env.parse("WEBHOOKS_ALLOW_HTTP", false)?,
                 allowed_private: env.cidrs("WEBHOOKS_ALLOW_PRIVATE_TARGETS")?,
@@ -86,19 +88,27 @@ pub struct Env {
 impl Env {
     /// The real process environment.
     pub fn process() -> Self {
-        Self { lookup: Box::new(|k| std::env::var(k).ok()) }
+        Self {
+            lookup: Box::new(|k| std::env::var(k).ok()),
+        }
     }
 
     /// A fixed set of variables, for tests.
     pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Self { lookup: Box::new(move |k| map.get(k).cloned()) }
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self {
+            lookup: Box::new(move |k| map.get(k).cloned()),
+        }
     }
 
     /// The variable, if set and not blank.
     pub fn string(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
     /// A required variable.
@@ -107,7 +117,11 @@ impl Env {
     }
 
     /// A `FromStr` value, or `default` when unset.
-    pub fn parse<T: std::str::FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    pub fn parse<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError>
     where
         T::Err: std::fmt::Display,
     {
@@ -124,21 +138,28 @@ impl Env {
     pub fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         match self.string(name) {
             None => Ok(default),
-            Some(v) => humantime::parse_duration(&v)
-                .map_err(|e| ConfigError::Invalid { name, message: format!("{v:?}: {e}") }),
+            Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError::Invalid {
+                name,
+                message: format!("{v:?}: {e}"),
+            }),
         }
     }
 
     /// Comma-separated CIDRs; a bare address counts as a single-host network.
     pub fn cidrs(&self, name: &'static str) -> Result<Vec<IpNet>, ConfigError> {
-        let Some(v) = self.string(name) else { return Ok(Vec::new()) };
+        let Some(v) = self.string(name) else {
+            return Ok(Vec::new());
+        };
         v.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|e| ConfigError::Invalid { name, message: format!("{s:?}: {e}") })
+                    .map_err(|e| ConfigError::Invalid {
+                        name,
+                        message: format!("{s:?}: {e}"),
+                    })
             })
             .collect()
     }
@@ -172,8 +193,14 @@ mod tests {
         assert!(s.url_policy.allow_http);
 
         let bad = Env::from_pairs(&[("WEBHOOKS_STREAM_REPLICAS", "2")]);
-        assert!(matches!(SharedSettings::from_env(&bad), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            SharedSettings::from_env(&bad),
+            Err(ConfigError::Invalid { .. })
+        ));
         let bad = Env::from_pairs(&[("WEBHOOKS_EVENT_RETENTION", "forever")]);
-        assert!(matches!(SharedSettings::from_env(&bad), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            SharedSettings::from_env(&bad),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{
-    self,
-    kv,
+    self, kv,
     stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
 };
 use proto::subjects;
@@ -90,7 +89,10 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
     }
     let subscriptions = bucket(js, subjects::SUBSCRIPTIONS_BUCKET, replicas).await?;
     let api_keys = bucket(js, subjects::API_KEYS_BUCKET, replicas).await?;
-    Ok(Stores { subscriptions, api_keys })
+    Ok(Stores {
+        subscriptions,
+        api_keys,
+    })
 }
 
 async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow::Result<kv::Store> {
@@ -114,7 +116,11 @@ async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow:
 /// Whether the events stream answers: what `/readyz` reports besides the connection.
 pub async fn streams_ready(js: &jetstream::Context) -> bool {
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), js.get_stream(subjects::EVENTS_STREAM)).await,
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            js.get_stream(subjects::EVENTS_STREAM)
+        )
+        .await,
         Ok(Ok(_))
     )
 }

@@ -55,7 +55,10 @@ impl UrlPolicy {
         if is_public(addr) || self.allowed_private.iter().any(|net| net.contains(&addr)) {
             Ok(())
         } else {
-            Err(UrlError::PrivateAddress { host: host.to_owned(), addr })
+            Err(UrlError::PrivateAddress {
+                host: host.to_owned(),
+                addr,
+            })
         }
     }
 
@@ -137,10 +140,19 @@ mod tests {
 
     #[tokio::test]
     async fn http_is_refused_unless_allowed() {
-        assert_eq!(strict().check("http://93.184.216.34/").await, Err(UrlError::NotHttps));
-        let p = UrlPolicy { allow_http: true, ..Default::default() };
+        assert_eq!(
+            strict().check("http://93.184.216.34/").await,
+            Err(UrlError::NotHttps)
+        );
+        let p = UrlPolicy {
+            allow_http: true,
+            ..Default::default()
+        };
         assert!(p.check("http://93.184.216.34/").await.is_ok());
-        assert_eq!(strict().check("ftp://x.example/").await, Err(UrlError::NotHttps));
+        assert_eq!(
+            strict().check("ftp://x.example/").await,
+            Err(UrlError::NotHttps)
+        );
         assert_eq!(strict().check("not a url").await, Err(UrlError::Malformed));
     }
 
@@ -160,19 +172,28 @@ mod tests {
             "https://localhost/",
         ] {
             let err = strict().check(raw).await.unwrap_err();
-            assert!(matches!(err, UrlError::PrivateAddress { .. }), "{raw}: {err:?}");
+            assert!(
+                matches!(err, UrlError::PrivateAddress { .. }),
+                "{raw}: {err:?}"
+            );
         }
     }
 
     #[tokio::test]
     async fn allowed_networks_are_exempt() {
-        let p = UrlPolicy { allow_http: false, allowed_private: vec!["127.0.0.0/8".parse().unwrap()] };
+        let p = UrlPolicy {
+            allow_http: false,
+            allowed_private: vec!["127.0.0.0/8".parse().unwrap()],
+        };
         assert!(p.check("https://127.0.0.1:8443/").await.is_ok());
         assert!(p.check("https://10.0.0.1/").await.is_err());
     }
 
     #[tokio::test]
     async fn credentials_in_the_url_are_refused() {
-        assert_eq!(strict().check("https://u:p@93.184.216.34/").await, Err(UrlError::Credentials));
+        assert_eq!(
+            strict().check("https://u:p@93.184.216.34/").await,
+            Err(UrlError::Credentials)
+        );
     }
 }

@@ -15,8 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 /// One change of one key, decoded.
 pub enum Change<T> {
-    Put { key: String, revision: u64, value: T },
-    Delete { key: String, revision: u64 },
+    Put {
+        key: String,
+        revision: u64,
+        value: T,
+    },
+    Delete {
+        key: String,
+        revision: u64,
+    },
 }
 
 /// What a mirror applies changes to.
@@ -31,7 +38,9 @@ pub struct Ready(watch::Receiver<bool>);
 impl Ready {
     /// Waits until caught up, for at most `timeout`; answers whether it is.
     pub async fn wait(&mut self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.0.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, self.0.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Whether the mirror has caught up.
@@ -67,7 +76,11 @@ where
     Ready(rx)
 }
 
-async fn mirror<T, S>(store: &kv::Store, sink: &S, ready: &watch::Sender<bool>) -> anyhow::Result<()>
+async fn mirror<T, S>(
+    store: &kv::Store,
+    sink: &S,
+    ready: &watch::Sender<bool>,
+) -> anyhow::Result<()>
 where
     T: prost::Message + Default,
     S: Sink<T>,
@@ -82,15 +95,20 @@ where
         let entry = entry?;
         let change = match entry.operation {
             kv::Operation::Put => match T::decode(entry.value.as_ref()) {
-                Ok(value) => Change::Put { key: entry.key, revision: entry.revision, value },
+                Ok(value) => Change::Put {
+                    key: entry.key,
+                    revision: entry.revision,
+                    value,
+                },
                 Err(error) => {
                     tracing::error!(key = %entry.key, error = %error, "undecodable kv value skipped");
                     continue;
                 }
             },
-            kv::Operation::Delete | kv::Operation::Purge => {
-                Change::Delete { key: entry.key, revision: entry.revision }
-            }
+            kv::Operation::Delete | kv::Operation::Purge => Change::Delete {
+                key: entry.key,
+                revision: entry.revision,
+            },
         };
         sink.apply(change);
         if entry.delta == 0 {
@@ -113,7 +131,9 @@ struct Slot<T> {
 
 impl<T> Default for Mirror<T> {
     fn default() -> Self {
-        Self { map: Default::default() }
+        Self {
+            map: Default::default(),
+        }
     }
 }
 
@@ -122,7 +142,11 @@ impl<T> Mirror<T> {
     /// Answers whether it was applied and the value it replaced.
     pub fn apply(&self, change: Change<T>) -> Option<Option<std::sync::Arc<T>>> {
         let (key, revision, value) = match change {
-            Change::Put { key, revision, value } => (key, revision, Some(std::sync::Arc::new(value))),
+            Change::Put {
+                key,
+                revision,
+                value,
+            } => (key, revision, Some(std::sync::Arc::new(value))),
             Change::Delete { key, revision } => (key, revision, None),
         };
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +197,11 @@ mod tests {
     use super::*;
 
     fn put(key: &str, revision: u64, value: u32) -> Change<u32> {
-        Change::Put { key: key.into(), revision, value }
+        Change::Put {
+            key: key.into(),
+            revision,
+            value,
+        }
     }
 
     #[test]
@@ -182,7 +210,10 @@ mod tests {
         m.apply(put("a.1", 5, 50));
         m.apply(put("a.1", 4, 40));
         assert_eq!(m.get("a.1").as_deref(), Some(&50));
-        m.apply(Change::Delete { key: "a.1".into(), revision: 6 });
+        m.apply(Change::Delete {
+            key: "a.1".into(),
+            revision: 6,
+        });
         m.apply(put("a.1", 5, 50));
         assert_eq!(m.get("a.1"), None);
     }

@@ -1,1 +1,22 @@
-//! stub
+//! Fans events out to matching subscriptions and delivers them as signed webhooks. The only
+//! process that calls a subscriber's URL, so the SSRF guard, timeouts and signing live here.
+//!
+//! # Layout
+//! - [`config`]: `Settings`, checked at load (ack wait longer than the HTTP timeout).
+//! - [`app`]: `App::build` / `App::run`, the health endpoints, draining.
+//! - [`subscriptions`]: the in-memory index kept current by a KV watch; the matcher.
+//! - [`fanout`]: events consumer → one delivery task per (event, subscription).
+//! - [`deliver`]: deliveries consumer → sign, POST, ack.
+//! - [`signing`]: Standard Webhooks signatures, several during a rotation.
+//! - [`http_client`]: the pooled client, no redirects, capped response reads.
+
+pub mod app;
+pub mod config;
+pub mod deliver;
+pub mod fanout;
+pub mod http_client;
+pub mod signing;
+pub mod subscriptions;
+
+pub use app::App;
+pub use config::Settings;

@@ -23,7 +23,9 @@ pub struct Signer {
 
 impl Signer {
     /// Prepares `(secret, expires_at)` pairs.
-    pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, Option<i64>)>) -> Result<Self, BadSecret> {
+    pub fn new<'a>(
+        secrets: impl IntoIterator<Item = (&'a str, Option<i64>)>,
+    ) -> Result<Self, BadSecret> {
         let keys = secrets
             .into_iter()
             .map(|(secret, expires)| {

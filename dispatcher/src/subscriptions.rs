@@ -47,8 +47,11 @@ pub struct Index {
 }
 
 fn bucket_keys(sub: &Subscription) -> Vec<BucketKey> {
-    let agents: Vec<&str> =
-        if sub.agent_ids.is_empty() { vec![""] } else { sub.agent_ids.iter().map(String::as_str).collect() };
+    let agents: Vec<&str> = if sub.agent_ids.is_empty() {
+        vec![""]
+    } else {
+        sub.agent_ids.iter().map(String::as_str).collect()
+    };
     sub.event_types
         .iter()
         .flat_map(|t| agents.iter().map(move |a| (t.clone(), (*a).to_owned())))
@@ -57,7 +60,9 @@ fn bucket_keys(sub: &Subscription) -> Vec<BucketKey> {
 
 impl Inner {
     fn unregister(&mut self, live: &Live) {
-        let Some(tenant) = self.buckets.get_mut(&live.sub.tenant_id) else { return };
+        let Some(tenant) = self.buckets.get_mut(&live.sub.tenant_id) else {
+            return;
+        };
         for key in bucket_keys(&live.sub) {
             if let Some(list) = tenant.get_mut(&key) {
                 list.retain(|l| l.sub.id != live.sub.id);
@@ -83,18 +88,23 @@ impl Index {
     /// Applies one change from the watch (or a write of our own); older revisions are ignored.
     pub fn apply(&self, change: Change<Subscription>) {
         let (id, revision, sub) = match change {
-            Change::Put { revision, value, .. } => (value.id.clone(), revision, Some(value)),
+            Change::Put {
+                revision, value, ..
+            } => (value.id.clone(), revision, Some(value)),
             // Keys are `<tenant>.<id>`.
-            Change::Delete { key, revision } => {
-                (key.rsplit('.').next().unwrap_or_default().to_owned(), revision, None)
-            }
+            Change::Delete { key, revision } => (
+                key.rsplit('.').next().unwrap_or_default().to_owned(),
+                revision,
+                None,
+            ),
         };
         let live = match sub {
             None => None,
             Some(sub) => {
-                let secrets = sub.secrets.iter().map(|s| {
-                    (s.secret.as_str(), s.expires_at.as_ref().map(|t| t.seconds))
-                });
+                let secrets = sub
+                    .secrets
+                    .iter()
+                    .map(|s| (s.secret.as_str(), s.expires_at.as_ref().map(|t| t.seconds)));
                 match Signer::new(secrets) {
                     Ok(signer) => Some(Arc::new(Live { signer, sub })),
                     Err(error) => {
@@ -122,10 +132,15 @@ impl Index {
     /// The enabled subscriptions of `tenant` that want an event of `event_type` from `agent`.
     pub fn matches(&self, tenant: &str, event_type: &str, agent: &str) -> Vec<Arc<Live>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let Some(buckets) = inner.buckets.get(tenant) else { return Vec::new() };
+        let Some(buckets) = inner.buckets.get(tenant) else {
+            return Vec::new();
+        };
         let prefix = event_type.split_once('.').map(|(p, _)| format!("{p}.*"));
         let mut out: Vec<Arc<Live>> = Vec::new();
-        for pattern in [Some(event_type), prefix.as_deref(), Some("*")].into_iter().flatten() {
+        for pattern in [Some(event_type), prefix.as_deref(), Some("*")]
+            .into_iter()
+            .flatten()
+        {
             for a in [agent, ""] {
                 let key = (pattern.to_owned(), a.to_owned());
                 for live in buckets.get(&key).into_iter().flatten() {
@@ -176,7 +191,11 @@ mod tests {
     }
 
     fn put(index: &Index, revision: u64, s: Subscription) {
-        index.apply(Change::Put { key: format!("{}.{}", s.tenant_id, s.id), revision, value: s });
+        index.apply(Change::Put {
+            key: format!("{}.{}", s.tenant_id, s.id),
+            revision,
+            value: s,
+        });
     }
 
     fn ids(v: Vec<Arc<Live>>) -> Vec<String> {
@@ -192,8 +211,14 @@ mod tests {
         put(&index, 2, sub("prefix", "t", &["call.*"], &[], true));
         put(&index, 3, sub("all", "t", &["*"], &[], true));
         put(&index, 4, sub("other", "t", &["qa.scored"], &[], true));
-        assert_eq!(ids(index.matches("t", "call.started", "a1")), ["all", "exact", "prefix"]);
-        assert_eq!(ids(index.matches("t", "call.ended", "a1")), ["all", "prefix"]);
+        assert_eq!(
+            ids(index.matches("t", "call.started", "a1")),
+            ["all", "exact", "prefix"]
+        );
+        assert_eq!(
+            ids(index.matches("t", "call.ended", "a1")),
+            ["all", "prefix"]
+        );
         assert_eq!(ids(index.matches("t", "qa.scored", "a1")), ["all", "other"]);
     }
 
@@ -209,7 +234,11 @@ mod tests {
     #[test]
     fn overlapping_patterns_match_once() {
         let index = Index::default();
-        put(&index, 1, sub("s", "t", &["call.*", "call.started", "*"], &["a1"], true));
+        put(
+            &index,
+            1,
+            sub("s", "t", &["call.*", "call.started", "*"], &["a1"], true),
+        );
         assert_eq!(ids(index.matches("t", "call.started", "a1")), ["s"]);
     }
 
@@ -225,7 +254,10 @@ mod tests {
         put(&index, 3, sub("s", "t", &["qa.scored"], &[], false));
         assert!(index.matches("t", "qa.scored", "a").is_empty());
         assert!(matches!(index.get("s"), Lookup::Live(l) if !l.sub.enabled));
-        index.apply(Change::Delete { key: "t.s".into(), revision: 4 });
+        index.apply(Change::Delete {
+            key: "t.s".into(),
+            revision: 4,
+        });
         assert!(matches!(index.get("s"), Lookup::Deleted));
         assert!(matches!(index.get("never"), Lookup::Unknown));
     }

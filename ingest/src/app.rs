@@ -52,12 +52,19 @@ impl App {
         let background = CancellationToken::new();
         let keys = Arc::new(Mirror::default());
         let subscriptions = Arc::new(Mirror::default());
-        let mut keys_ready = watch::spawn(stores.api_keys.clone(), keys.clone(), background.clone());
-        let mut subs_ready =
-            watch::spawn(stores.subscriptions.clone(), subscriptions.clone(), background.clone());
+        let mut keys_ready =
+            watch::spawn(stores.api_keys.clone(), keys.clone(), background.clone());
+        let mut subs_ready = watch::spawn(
+            stores.subscriptions.clone(),
+            subscriptions.clone(),
+            background.clone(),
+        );
         // Serve only with a complete picture of keys and subscriptions.
         for ready in [&mut keys_ready, &mut subs_ready] {
-            anyhow::ensure!(ready.wait(Duration::from_secs(30)).await, "kv mirrors did not catch up");
+            anyhow::ensure!(
+                ready.wait(Duration::from_secs(30)).await,
+                "kv mirrors did not catch up"
+            );
         }
         let state = AppState {
             settings: Arc::new(settings),
@@ -69,7 +76,11 @@ impl App {
             mirrors_ready: [keys_ready, subs_ready],
             draining: Arc::new(AtomicBool::new(false)),
         };
-        Ok(App { listener, state, background })
+        Ok(App {
+            listener,
+            state,
+            background,
+        })
     }
 
     /// The bound address (port 0 in tests becomes a real one here).
@@ -80,7 +91,11 @@ impl App {
     /// Serves until `token` is cancelled, then drains: readiness fails, in-flight requests
     /// finish, and the NATS connection flushes.
     pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        let App { listener, state, background } = self;
+        let App {
+            listener,
+            state,
+            background,
+        } = self;
         let draining = state.draining.clone();
         let client = state.client.clone();
         let router = routes::router(state);
@@ -88,7 +103,9 @@ impl App {
             token.cancelled().await;
             draining.store(true, Ordering::SeqCst);
         };
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
         background.cancel();
         if let Err(error) = client.drain().await {
             tracing::warn!(error = %error, "nats drain failed");

@@ -65,7 +65,11 @@ pub fn is_admin(token: &str, presented: &str) -> bool {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -78,7 +82,9 @@ impl FromRequestParts<AppState> for Tenant {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        authenticate(&state.keys, key).map(|t| Tenant(t.into())).ok_or(ApiError::Unauthorized)
+        authenticate(&state.keys, key)
+            .map(|t| Tenant(t.into()))
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -108,9 +114,16 @@ mod tests {
     fn an_issued_key_authenticates_as_its_tenant_until_deleted() {
         let keys = Mirror::default();
         let issued = issue("acme");
-        keys.apply(Change::Put { key: issued.record.id.clone(), revision: 1, value: issued.record.clone() });
+        keys.apply(Change::Put {
+            key: issued.record.id.clone(),
+            revision: 1,
+            value: issued.record.clone(),
+        });
         assert_eq!(authenticate(&keys, &issued.key).as_deref(), Some("acme"));
-        keys.apply(Change::Delete { key: issued.record.id.clone(), revision: 2 });
+        keys.apply(Change::Delete {
+            key: issued.record.id.clone(),
+            revision: 2,
+        });
         assert_eq!(authenticate(&keys, &issued.key), None);
     }
 
@@ -118,14 +131,20 @@ mod tests {
     fn a_wrong_secret_or_mangled_key_is_refused() {
         let keys = Mirror::default();
         let issued = issue("acme");
-        keys.apply(Change::Put { key: issued.record.id.clone(), revision: 1, value: issued.record.clone() });
+        keys.apply(Change::Put {
+            key: issued.record.id.clone(),
+            revision: 1,
+            value: issued.record.clone(),
+        });
         let mut wrong = issued.key.clone();
         wrong.pop();
         wrong.push('x');
         assert_eq!(authenticate(&keys, &wrong), None);
         assert_eq!(authenticate(&keys, "owk_short"), None);
         assert_eq!(authenticate(&keys, ""), None);
-        assert!(!issued.key.contains(&base64::engine::general_purpose::STANDARD.encode(&issued.record.secret_sha256)));
+        assert!(!issued.key.contains(
+            &base64::engine::general_purpose::STANDARD.encode(&issued.record.secret_sha256)
+        ));
     }
 
     #[test]

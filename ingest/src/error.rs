@@ -31,7 +31,10 @@ pub enum ApiError {
 impl ApiError {
     /// One offending field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        Self::Invalid(vec![FieldError { field: field.into(), message: message.into() }])
+        Self::Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
     }
 
     pub fn status(&self) -> StatusCode {
@@ -64,9 +67,10 @@ impl ApiError {
     pub fn problem(&self) -> serde_json::Value {
         let (slug, title) = self.slug_and_title();
         let errors: Vec<serde_json::Value> = match self {
-            Self::Invalid(errors) => {
-                errors.iter().map(|e| json!({"field": e.field, "message": e.message})).collect()
-            }
+            Self::Invalid(errors) => errors
+                .iter()
+                .map(|e| json!({"field": e.field, "message": e.message}))
+                .collect(),
             _ => Vec::new(),
         };
         let detail = match self {
@@ -97,7 +101,10 @@ impl IntoResponse for ApiError {
         let body = self.problem().to_string();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -110,11 +117,17 @@ impl IntoResponse for ApiError {
 
 impl ApiError {
     /// A body that could not be read: too large (`413`) or otherwise broken.
-    pub fn from_body_rejection(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> Self {
+    pub fn from_body_rejection(
+        rejection: axum::extract::rejection::BytesRejection,
+        limit: usize,
+    ) -> Self {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::PayloadTooLarge { limit }
         } else {
-            Self::Rejected { status: rejection.status(), detail: rejection.body_text() }
+            Self::Rejected {
+                status: rejection.status(),
+                detail: rejection.body_text(),
+            }
         }
     }
 }

@@ -46,7 +46,9 @@ pub fn build_event(tenant: &str, new: NewEvent, idempotency_key: Option<&str>) -
 /// Stores `event`, deduplicated by its tenant-scoped id within the dedupe window.
 pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiError> {
     if !common::nats::is_connected(&state.client) {
-        return Err(ApiError::Unavailable(anyhow::anyhow!("not connected to nats")));
+        return Err(ApiError::Unavailable(anyhow::anyhow!(
+            "not connected to nats"
+        )));
     }
     let subject = subjects::event_subject(&event.tenant_id, &event.agent_id, &event.r#type);
     let publish = Publish::build()
@@ -60,5 +62,9 @@ pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiErr
         .await
         .map_err(|_| ApiError::Unavailable(anyhow::anyhow!("timed out waiting for the pub ack")))?
         .map_err(ApiError::Unavailable)?;
-    Ok(Accepted { id: event.id.clone(), sequence: ack.sequence, duplicate: ack.duplicate })
+    Ok(Accepted {
+        id: event.id.clone(),
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    })
 }

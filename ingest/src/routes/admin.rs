@@ -16,7 +16,8 @@ pub(crate) fn tenant_id_is_valid(id: &str) -> bool {
     let b = id.as_bytes();
     (1..=63).contains(&b.len())
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 pub async fn create_key(
@@ -25,13 +26,19 @@ pub async fn create_key(
     Path(tenant_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if !tenant_id_is_valid(&tenant_id) {
-        return Err(ApiError::field("tenant_id", "must match ^[a-z0-9][a-z0-9_-]{0,62}$"));
+        return Err(ApiError::field(
+            "tenant_id",
+            "must match ^[a-z0-9][a-z0-9_-]{0,62}$",
+        ));
     }
     let issued = auth::issue(&tenant_id);
     let revision = state
         .stores
         .api_keys
-        .put(&issued.record.id, Bytes::from(issued.record.encode_to_vec()))
+        .put(
+            &issued.record.id,
+            Bytes::from(issued.record.encode_to_vec()),
+        )
         .await
         .map_err(|e| ApiError::Unavailable(e.into()))?;
     // Read-your-writes on this replica; the others learn of it through their watch.
@@ -52,9 +59,17 @@ pub async fn revoke_key(
     if state.keys.get(&id).is_none() {
         return Err(ApiError::NotFound);
     }
-    state.stores.api_keys.delete(&id).await.map_err(|e| ApiError::Unavailable(e.into()))?;
+    state
+        .stores
+        .api_keys
+        .delete(&id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.into()))?;
     // Key ids are never reused, so the deletion can outrank every revision at once.
-    state.keys.apply(common::watch::Change::Delete { key: id, revision: u64::MAX });
+    state.keys.apply(common::watch::Change::Delete {
+        key: id,
+        revision: u64::MAX,
+    });
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -23,13 +23,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         None => Ok(None),
         Some(v) => match v.to_str() {
             Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k)),
-            _ => Err(ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+            _ => Err(ApiError::field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )),
         },
     }
 }
 
 /// Validates one event body and stores it.
-async fn accept(state: &AppState, tenant: &str, body: &Value, key: Option<&str>) -> Result<Accepted, ApiError> {
+async fn accept(
+    state: &AppState,
+    tenant: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> Result<Accepted, ApiError> {
     let new = proto::validate::parse_event(body).map_err(ApiError::Invalid)?;
     let event = publisher::build_event(tenant, new, key);
     let span = tracing::info_span!("ingest.publish", event_id = %event.id, event_type = %event.r#type, tenant = %tenant);
@@ -57,15 +65,23 @@ pub async fn batch(
     let Some(Value::Array(items)) = body.get_mut("events").map(Value::take) else {
         return Err(ApiError::field("events", "must be an array of events"));
     };
-    if let Some(extra) = body.as_object().and_then(|o| o.keys().find(|k| *k != "events")) {
+    if let Some(extra) = body
+        .as_object()
+        .and_then(|o| o.keys().find(|k| *k != "events"))
+    {
         return Err(ApiError::field(extra, "unknown field"));
     }
     let max = state.settings.batch_max_events;
     if items.is_empty() || items.len() > max {
-        return Err(ApiError::field("events", format!("must hold 1 to {max} events")));
+        return Err(ApiError::field(
+            "events",
+            format!("must hold 1 to {max} events"),
+        ));
     }
     // Every item is published at once; the PubAcks are awaited together.
-    let results = futures::future::join_all(items.iter().map(|item| accept(&state, &tenant, item, None))).await;
+    let results =
+        futures::future::join_all(items.iter().map(|item| accept(&state, &tenant, item, None)))
+            .await;
     let results: Vec<Value> = results
         .into_iter()
         .map(|r| match r {

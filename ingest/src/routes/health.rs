@@ -17,7 +17,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let mirrors = state.mirrors_ready.iter().all(|r| r.is_ready());
     let draining = state.draining.load(Ordering::SeqCst);
     let ready = connected && streams && mirrors && !draining;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "nats_connected": connected,

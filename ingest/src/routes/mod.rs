@@ -33,13 +33,21 @@ pub fn router(state: AppState) -> Router {
             post(events::batch).layer(DefaultBodyLimit::max(settings.batch_body_limit)),
         )
         .route("/v1/event-types", get(event_types::list))
-        .route("/v1/subscriptions", get(subscriptions::list).post(subscriptions::create))
+        .route(
+            "/v1/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
         .route(
             "/v1/subscriptions/{id}",
-            get(subscriptions::get).patch(subscriptions::update).delete(subscriptions::remove),
+            get(subscriptions::get)
+                .patch(subscriptions::update)
+                .delete(subscriptions::remove),
         )
         .route("/v1/subscriptions/{id}/secret", get(subscriptions::secret))
-        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_key))
+        .route(
+            "/v1/admin/tenants/{tenant_id}/api-keys",
+            post(admin::create_key),
+        )
         .route("/v1/admin/api-keys/{id}", delete(admin::revoke_key))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async {
@@ -53,7 +61,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A JSON body, or the problem that says why it is not one.
-pub(crate) fn json_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
+pub(crate) fn json_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Value, ApiError> {
     let bytes = body.map_err(|r| ApiError::from_body_rejection(r, limit))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
 }
@@ -65,14 +76,26 @@ pub(crate) struct Page {
 }
 
 impl Page {
-    pub(crate) fn from_query(query: &HashMap<String, String>, default: usize, max: usize) -> Result<Page, ApiError> {
+    pub(crate) fn from_query(
+        query: &HashMap<String, String>,
+        default: usize,
+        max: usize,
+    ) -> Result<Page, ApiError> {
         let limit = match query.get("limit") {
             None => default,
             Some(raw) => match raw.parse::<usize>() {
                 Ok(n) if (1..=max).contains(&n) => n,
-                _ => return Err(ApiError::field("limit", format!("must be an integer from 1 to {max}"))),
+                _ => {
+                    return Err(ApiError::field(
+                        "limit",
+                        format!("must be an integer from 1 to {max}"),
+                    ));
+                }
             },
         };
-        Ok(Page { limit, after: query.get("after").filter(|a| !a.is_empty()).cloned() })
+        Ok(Page {
+            limit,
+            after: query.get("after").filter(|a| !a.is_empty()).cloned(),
+        })
     }
 }

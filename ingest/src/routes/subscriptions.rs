@@ -33,8 +33,18 @@ const MAX_ATTEMPTS: u64 = 30;
 const MAX_DELAY_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Headers a subscription may not set: the signature's, the transport's, and ours.
 const RESERVED_HEADERS: &[&str] = &[
-    "content-type", "content-length", "host", "user-agent", "traceparent", "tracestate",
-    "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
 ];
 
 /// The JSON view of a subscription (without the secret).
@@ -64,28 +74,48 @@ fn view(sub: &Subscription) -> Value {
 fn new_secret() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// A path id that cannot address another tenant's key or a wildcard.
 fn checked_id(id: &str) -> Result<&str, ApiError> {
-    let ok = id.strip_prefix("sub_").is_some_and(|u| u.len() == 26 && u.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let ok = id
+        .strip_prefix("sub_")
+        .is_some_and(|u| u.len() == 26 && u.bytes().all(|b| b.is_ascii_alphanumeric()));
     if ok { Ok(id) } else { Err(ApiError::NotFound) }
 }
 
 /// Applies the fields of a create or patch body to `sub`, listing every offending field.
-async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, creating: bool) -> Result<(), ApiError> {
+async fn apply_fields(
+    state: &AppState,
+    sub: &mut Subscription,
+    body: &Value,
+    creating: bool,
+) -> Result<(), ApiError> {
     let Some(obj) = body.as_object() else {
         return Err(ApiError::field("", "must be a JSON object"));
     };
     let mut errors = Vec::new();
     let mut err = |field: &str, message: &str| {
-        errors.push(FieldError { field: field.into(), message: message.into() });
+        errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
     };
     for key in obj.keys() {
         if !matches!(
             key.as_str(),
-            "url" | "event_types" | "agent_ids" | "description" | "enabled" | "headers" | "retry" | "rate_limit_per_s"
+            "url"
+                | "event_types"
+                | "agent_ids"
+                | "description"
+                | "enabled"
+                | "headers"
+                | "retry"
+                | "rate_limit_per_s"
         ) {
             err(key, "unknown field");
         }
@@ -113,14 +143,20 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
                 for (i, t) in list.iter().enumerate() {
                     match t.as_str() {
                         Some(p) if catalog::type_pattern_is_valid(p) => types.push(p.to_owned()),
-                        _ => err(&format!("event_types[{i}]"), "must be a known event type, a `prefix.*` pattern, or `*`"),
+                        _ => err(
+                            &format!("event_types[{i}]"),
+                            "must be a known event type, a `prefix.*` pattern, or `*`",
+                        ),
                     }
                 }
                 types.sort();
                 types.dedup();
                 sub.event_types = types;
             }
-            _ => err("event_types", &format!("must be an array of 1 to {MAX_EVENT_TYPES} event types")),
+            _ => err(
+                "event_types",
+                &format!("must be an array of 1 to {MAX_EVENT_TYPES} event types"),
+            ),
         }
     }
     if let Some(v) = obj.get("agent_ids") {
@@ -131,14 +167,20 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
                 for (i, a) in list.iter().enumerate() {
                     match a.as_str() {
                         Some(id) if proto::validate::is_valid_id(id) => ids.push(id.to_owned()),
-                        _ => err(&format!("agent_ids[{i}]"), "must match ^[A-Za-z0-9_-]{1,64}$"),
+                        _ => err(
+                            &format!("agent_ids[{i}]"),
+                            "must match ^[A-Za-z0-9_-]{1,64}$",
+                        ),
                     }
                 }
                 ids.sort();
                 ids.dedup();
                 sub.agent_ids = ids;
             }
-            _ => err("agent_ids", &format!("must be null or an array of 1 to {MAX_AGENT_IDS} agent ids")),
+            _ => err(
+                "agent_ids",
+                &format!("must be null or an array of 1 to {MAX_AGENT_IDS} agent ids"),
+            ),
         }
     }
     if let Some(v) = obj.get("description") {
@@ -169,12 +211,15 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
                     let lower = name.to_ascii_lowercase();
                     if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                         err(&field, "is not a valid header name");
-                    } else if lower.starts_with("webhook-") || RESERVED_HEADERS.contains(&lower.as_str()) {
+                    } else if lower.starts_with("webhook-")
+                        || RESERVED_HEADERS.contains(&lower.as_str())
+                    {
                         err(&field, "is reserved");
                     } else {
                         match value.as_str().map(axum::http::HeaderValue::from_str) {
                             Some(Ok(_)) => {
-                                headers.insert(lower, value.as_str().unwrap_or_default().to_owned());
+                                headers
+                                    .insert(lower, value.as_str().unwrap_or_default().to_owned());
                             }
                             _ => err(&field, "must be a valid header value string"),
                         }
@@ -182,7 +227,10 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
                 }
                 sub.headers = headers;
             }
-            _ => err("headers", &format!("must be an object of at most {MAX_HEADERS} string headers")),
+            _ => err(
+                "headers",
+                &format!("must be an object of at most {MAX_HEADERS} string headers"),
+            ),
         }
     }
     if let Some(v) = obj.get("retry") {
@@ -190,7 +238,10 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
             Value::Null => sub.retry = None,
             Value::Object(map) => {
                 let mut retry = RetryPolicy::default();
-                for key in map.keys().filter(|k| *k != "max_attempts" && *k != "schedule_ms") {
+                for key in map
+                    .keys()
+                    .filter(|k| *k != "max_attempts" && *k != "schedule_ms")
+                {
                     err(&format!("retry.{key}"), "unknown field");
                 }
                 match map.get("max_attempts") {
@@ -206,7 +257,10 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
                         for (i, d) in list.iter().enumerate() {
                             match d.as_u64() {
                                 Some(ms) if ms <= MAX_DELAY_MS => retry.schedule_ms.push(ms),
-                                _ => err(&format!("retry.schedule_ms[{i}]"), "must be an integer of milliseconds, at most 7 days"),
+                                _ => err(
+                                    &format!("retry.schedule_ms[{i}]"),
+                                    "must be an integer of milliseconds, at most 7 days",
+                                ),
                             }
                         }
                     }
@@ -222,11 +276,18 @@ async fn apply_fields(state: &AppState, sub: &mut Subscription, body: &Value, cr
             Value::Null => sub.rate_limit_per_s = 0,
             _ => match v.as_u64() {
                 Some(n) if (1..=100_000).contains(&n) => sub.rate_limit_per_s = n as u32,
-                _ => err("rate_limit_per_s", "must be null or an integer from 1 to 100000"),
+                _ => err(
+                    "rate_limit_per_s",
+                    "must be null or an integer from 1 to 100000",
+                ),
             },
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(errors))
+    }
 }
 
 fn kv_unavailable(e: impl Into<anyhow::Error>) -> ApiError {
@@ -245,7 +306,10 @@ pub async fn create(
         id: format!("sub_{}", ulid::Ulid::new()),
         tenant_id: tenant.to_string(),
         enabled: true,
-        secrets: vec![SigningSecret { secret: secret.clone(), expires_at: None }],
+        secrets: vec![SigningSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        }],
         created_at: Some(now),
         updated_at: Some(now),
         ..Default::default()
@@ -260,7 +324,11 @@ pub async fn create(
         .map_err(kv_unavailable)?;
     let mut out = view(&sub);
     out["secret"] = json!(secret);
-    state.subscriptions.apply(Change::Put { key, revision, value: sub });
+    state.subscriptions.apply(Change::Put {
+        key,
+        revision,
+        value: sub,
+    });
     Ok((StatusCode::CREATED, Json(out)))
 }
 
@@ -271,17 +339,30 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let page = Page::from_query(&query, 100, 1000)?;
     let prefix = format!("{tenant}.");
-    let mut subs = state.subscriptions.range(&prefix, page.after.as_deref(), page.limit + 1);
+    let mut subs = state
+        .subscriptions
+        .range(&prefix, page.after.as_deref(), page.limit + 1);
     let more = subs.len() > page.limit;
     subs.truncate(page.limit);
-    let next = if more { subs.last().map(|s| s.id.clone()) } else { None };
+    let next = if more {
+        subs.last().map(|s| s.id.clone())
+    } else {
+        None
+    };
     let data: Vec<Value> = subs.iter().map(|s| view(s)).collect();
     Ok(Json(json!({"data": data, "next_cursor": next})))
 }
 
-fn find(state: &AppState, tenant: &str, id: &str) -> Result<std::sync::Arc<Subscription>, ApiError> {
+fn find(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+) -> Result<std::sync::Arc<Subscription>, ApiError> {
     let id = checked_id(id)?;
-    state.subscriptions.get(&subjects::subscription_key(tenant, id)).ok_or(ApiError::NotFound)
+    state
+        .subscriptions
+        .get(&subjects::subscription_key(tenant, id))
+        .ok_or(ApiError::NotFound)
 }
 
 pub async fn get(
@@ -299,7 +380,11 @@ pub async fn secret(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let sub = find(&state, &tenant, &id)?;
-    let current = sub.secrets.first().map(|s| s.secret.clone()).unwrap_or_default();
+    let current = sub
+        .secrets
+        .first()
+        .map(|s| s.secret.clone())
+        .unwrap_or_default();
     Ok(Json(json!({"secret": current})))
 }
 
@@ -314,24 +399,41 @@ pub async fn update(
     let key = subjects::subscription_key(&tenant, checked_id(&id)?);
     let store = &state.stores.subscriptions;
     for _ in 0..5 {
-        let entry = store.entry(&key).await.map_err(kv_unavailable)?.ok_or(ApiError::NotFound)?;
+        let entry = store
+            .entry(&key)
+            .await
+            .map_err(kv_unavailable)?
+            .ok_or(ApiError::NotFound)?;
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
             return Err(ApiError::NotFound);
         }
-        let mut sub = Subscription::decode(entry.value.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
+        let mut sub =
+            Subscription::decode(entry.value.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
         apply_fields(&state, &mut sub, &body, false).await?;
         sub.updated_at = Some(proto::time::now());
-        match store.update(&key, Bytes::from(sub.encode_to_vec()), entry.revision).await {
+        match store
+            .update(&key, Bytes::from(sub.encode_to_vec()), entry.revision)
+            .await
+        {
             Ok(revision) => {
                 let out = view(&sub);
-                state.subscriptions.apply(Change::Put { key, revision, value: sub });
+                state.subscriptions.apply(Change::Put {
+                    key,
+                    revision,
+                    value: sub,
+                });
                 return Ok(Json(out));
             }
-            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                continue;
+            }
             Err(e) => return Err(kv_unavailable(e)),
         }
     }
-    Err(ApiError::Rejected { status: StatusCode::CONFLICT, detail: "the subscription kept changing; try again".into() })
+    Err(ApiError::Rejected {
+        status: StatusCode::CONFLICT,
+        detail: "the subscription kept changing; try again".into(),
+    })
 }
 
 pub async fn remove(
@@ -341,8 +443,16 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let sub = find(&state, &tenant, &id)?;
     let key = subjects::subscription_key(&tenant, &sub.id);
-    state.stores.subscriptions.delete(&key).await.map_err(kv_unavailable)?;
+    state
+        .stores
+        .subscriptions
+        .delete(&key)
+        .await
+        .map_err(kv_unavailable)?;
     // Subscription ids are never reused, so the deletion outranks every revision.
-    state.subscriptions.apply(Change::Delete { key, revision: u64::MAX });
+    state.subscriptions.apply(Change::Delete {
+        key,
+        revision: u64::MAX,
+    });
     Ok(StatusCode::NO_CONTENT)
 }

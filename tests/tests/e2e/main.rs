@@ -1,1 +1,9 @@
+//! The one end-to-end test binary: a real nats-server per test, both services in-process, real
+//! HTTP on loopback, and every signature checked by the independent `standardwebhooks` crate.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod helpers;
+
+mod delivery;
+mod ingest_api;
+mod routing;

@@ -1,0 +1,241 @@
+//! `App::build` (connect, ensure topology, load subscriptions, create consumers, bind the
+//! health port) and `App::run` (fan out and deliver until cancelled, then drain).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use common::watch::{self, Ready};
+use proto::subjects;
+use serde_json::{Value, json};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Settings,
+    deliver::{self, Deliverer},
+    fanout::{self, Fanout},
+    subscriptions::Index,
+};
+
+/// A built, not yet running, dispatcher.
+pub struct App {
+    settings: Settings,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    index: Index,
+    ready: Ready,
+    fanout_consumer: PullConsumer,
+    deliver_consumer: PullConsumer,
+    listener: tokio::net::TcpListener,
+    background: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Health {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    ready: Ready,
+    draining: CancellationToken,
+}
+
+impl App {
+    /// Connects, creates what is missing and waits for the subscription index to load, so a
+    /// replica never fans out with a partial picture.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        settings.check()?;
+        let listener = tokio::net::TcpListener::bind(settings.metrics_listen)
+            .await
+            .with_context(|| format!("binding {}", settings.metrics_listen))?;
+        let client = common::nats::connect(&settings.shared, "dispatcher").await?;
+        let js = jetstream::new(client.clone());
+        let stores = common::topology::ensure(&js, &settings.shared).await?;
+        let background = CancellationToken::new();
+        let index = Index::default();
+        let mut ready = watch::spawn(
+            stores.subscriptions.clone(),
+            index.clone(),
+            background.clone(),
+        );
+        anyhow::ensure!(
+            ready.wait(Duration::from_secs(30)).await,
+            "subscription index did not load"
+        );
+        let fanout_consumer = consumer(
+            &js,
+            subjects::EVENTS_STREAM,
+            pull::Config {
+                durable_name: Some(subjects::FANOUT_CONSUMER.into()),
+                description: Some("fan-out of events into delivery tasks".into()),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let deliver_consumer = consumer(
+            &js,
+            subjects::DELIVERIES_STREAM,
+            pull::Config {
+                durable_name: Some(subjects::DELIVER_CONSUMER.into()),
+                description: Some("signed delivery of each task".into()),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: settings.ack_wait,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(App {
+            settings,
+            client,
+            js,
+            index,
+            ready,
+            fanout_consumer,
+            deliver_consumer,
+            listener,
+            background,
+        })
+    }
+
+    /// The bound health/metrics address.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Runs until `token` is cancelled or a loop fails, then stops pulling, lets in-flight work
+    /// finish for up to `shutdown_grace`, and closes. Whatever is still unacked is redelivered
+    /// by JetStream to another replica (or this one, restarted).
+    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            settings,
+            client,
+            js,
+            index,
+            ready,
+            fanout_consumer,
+            deliver_consumer,
+            listener,
+            background,
+        } = self;
+        let token = token.child_token();
+        let tracker = TaskTracker::new();
+        let fanout = Arc::new(Fanout {
+            js: js.clone(),
+            index: index.clone(),
+            links_base_url: settings.shared.links_base_url.clone(),
+        });
+        let deliverer = Arc::new(Deliverer {
+            index,
+            http: crate::http_client::build(&settings)?,
+            url_policy: settings.shared.url_policy.clone(),
+        });
+        let health = Health {
+            client: client.clone(),
+            js,
+            ready,
+            draining: token.clone(),
+        };
+        let router = Router::new()
+            .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/readyz", get(readyz))
+            .with_state(health);
+        let http_token = background.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(http_token.cancelled_owned())
+                .await
+        });
+
+        let loops = {
+            let t = token.clone();
+            let f = fanout::run(
+                fanout,
+                fanout_consumer,
+                settings.fanout_concurrency,
+                tracker.clone(),
+                t.clone(),
+            );
+            let d = deliver::run(
+                deliverer,
+                deliver_consumer,
+                settings.max_in_flight,
+                tracker.clone(),
+                t.clone(),
+            );
+            async move {
+                // A failing loop stops its sibling too.
+                let result =
+                    tokio::try_join!(async { f.await.inspect_err(|_| t.cancel()) }, async {
+                        d.await.inspect_err(|_| t.cancel())
+                    },);
+                result.map(|_| ())
+            }
+        };
+        let result = loops.await;
+        tracing::info!("draining: waiting for in-flight work");
+        tracker.close();
+        if tokio::time::timeout(settings.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace elapsed; unfinished deliveries go back to JetStream");
+        }
+        background.cancel();
+        let _ = http.await;
+        if let Err(error) = client.drain().await {
+            tracing::warn!(error = %error, "nats drain failed");
+        }
+        result
+    }
+}
+
+async fn consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: pull::Config,
+) -> anyhow::Result<PullConsumer> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let stream = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("opening stream {stream}"))?;
+    // Create, or bring an existing durable up to date with this version's settings.
+    match stream.create_consumer(config.clone()).await {
+        Ok(consumer) => Ok(consumer),
+        Err(_) => Ok(stream
+            .update_consumer(config)
+            .await
+            .with_context(|| format!("creating consumer {name}"))?),
+    }
+}
+
+async fn readyz(State(h): State<Health>) -> (StatusCode, Json<Value>) {
+    let connected = common::nats::is_connected(&h.client);
+    let streams = connected && common::topology::streams_ready(&h.js).await;
+    let loaded = h.ready.is_ready();
+    let draining = h.draining.is_cancelled();
+    let ready = connected && streams && loaded && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "nats_connected": connected,
+            "streams_ready": streams,
+            "config_loaded": loaded,
+            "draining": draining,
+        })),
+    )
+}

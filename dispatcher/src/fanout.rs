@@ -1,0 +1,144 @@
+//! The events consumer: match each event, queue one delivery task per matching subscription,
+//! and ack the event only after every task has its PubAck.
+//!
+//! Task ids are `event_id:subscription_id`, so a fan-out that is redelivered (after a crash
+//! between the PubAcks and the ack) publishes duplicates that JetStream drops. The envelope is
+//! serialised here, once per event; deliveries only sign it.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, message::PublishMessage};
+use futures::StreamExt as _;
+use prost::Message as _;
+use proto::{
+    envelope, subjects,
+    v1::{Delivery, DeliveryOrigin, Event},
+};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
+
+use crate::subscriptions::Index;
+
+/// Shared by the fan-out tasks.
+pub struct Fanout {
+    pub js: jetstream::Context,
+    pub index: Index,
+    pub links_base_url: String,
+}
+
+/// Pulls events until `token` is cancelled; in-flight fan-outs finish on `tracker`.
+pub async fn run(
+    fanout: Arc<Fanout>,
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    tracker: TaskTracker,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency.min(1000))
+        .messages()
+        .await?;
+    loop {
+        let permit = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            permit = permits.clone().acquire_owned() => permit?,
+        };
+        let message = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "events consumer error");
+                    continue;
+                }
+                None => anyhow::bail!("events consumer stream ended"),
+            },
+        };
+        let fanout = fanout.clone();
+        tracker.spawn(async move {
+            fanout.handle(message).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Fanout {
+    async fn handle(&self, message: jetstream::Message) {
+        let event = match Event::decode(message.payload.as_ref()) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(subject = %message.subject, error = %error, "undecodable event set aside");
+                ack(&message, AckKind::Term).await;
+                return;
+            }
+        };
+        let sequence = message
+            .info()
+            .map(|i| i.stream_sequence)
+            .unwrap_or_default();
+        let span = tracing::info_span!("dispatch.fanout", event_id = %event.id, event_type = %event.r#type, tenant = %event.tenant_id, matched = tracing::field::Empty);
+        async {
+            let matches = self
+                .index
+                .matches(&event.tenant_id, &event.r#type, &event.agent_id);
+            tracing::Span::current().record("matched", matches.len());
+            if matches.is_empty() {
+                ack(&message, AckKind::Ack).await;
+                return;
+            }
+            let payload: bytes::Bytes = envelope::render(&event, &self.links_base_url).into();
+            match self.queue(&event, sequence, payload, &matches).await {
+                Ok(()) => ack(&message, AckKind::Ack).await,
+                Err(error) => {
+                    tracing::warn!(error = %error, "fan-out failed, event handed back");
+                    ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn queue(
+        &self,
+        event: &Event,
+        sequence: u64,
+        payload: bytes::Bytes,
+        matches: &[Arc<crate::subscriptions::Live>],
+    ) -> anyhow::Result<()> {
+        let mut pending = Vec::with_capacity(matches.len());
+        for live in matches {
+            let task = Delivery {
+                event_id: event.id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                subscription_id: live.sub.id.clone(),
+                event_type: event.r#type.clone(),
+                agent_id: event.agent_id.clone(),
+                payload: payload.to_vec(),
+                event_sequence: sequence,
+                accepted_at: event.accepted_at,
+                origin: DeliveryOrigin::Live as i32,
+            };
+            let publish = PublishMessage::build()
+                .payload(task.encode_to_vec().into())
+                .message_id(subjects::delivery_msg_id(&event.id, &live.sub.id));
+            let subject = subjects::delivery_subject(&event.tenant_id, &live.sub.id);
+            pending.push(self.js.send_publish(subject, publish).await?);
+        }
+        for ack in pending {
+            ack.await?;
+        }
+        Ok(())
+    }
+}
+
+/// Acks, logging a failure: an ack that does not arrive means a redelivery, which the
+/// at-least-once design already absorbs.
+pub(crate) async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(error = %error, "ack failed");
+    }
+}

@@ -1,0 +1,63 @@
+//! The outbound HTTP client: pooled keep-alive connections, connect and total timeouts, no
+//! redirects, and at most 64 KiB of any response read.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::Settings;
+
+/// Most of a response body that is ever read.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// One client per process, so connections to a receiver are reused across deliveries.
+pub fn build(settings: &Settings) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.http_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .user_agent(concat!("OpenWebhooks/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// What a receiver answered.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// The first bytes of the body, at most [`MAX_RESPONSE_BYTES`].
+    pub body: Bytes,
+    pub latency: Duration,
+}
+
+/// Sends one request and reads at most [`MAX_RESPONSE_BYTES`] of the answer; the rest is
+/// left unread (the connection is then not reused, which is the price of a huge answer).
+pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, reqwest::Error> {
+    let started = Instant::now();
+    let mut response = request.send().await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = BytesMut::new();
+    while body.len() < MAX_RESPONSE_BYTES {
+        match response.chunk().await? {
+            Some(chunk) => {
+                let room = MAX_RESPONSE_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            None => break,
+        }
+    }
+    Ok(Response {
+        status,
+        retry_after,
+        body: body.freeze(),
+        latency: started.elapsed(),
+    })
+}

@@ -1,0 +1,16 @@
+//! The `dispatcher` binary: telemetry, settings, build, run until SIGTERM, drain.
+
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init("info");
+    let settings = dispatcher::Settings::from_env(&common::config::Env::process())?;
+    let app = dispatcher::App::build(settings).await?;
+    tracing::info!(addr = %app.local_addr()?, "dispatcher running");
+    let token = CancellationToken::new();
+    common::shutdown::cancel_on_signal(token.clone());
+    app.run(token).await?;
+    tracing::info!("dispatcher stopped");
+    Ok(())
+}

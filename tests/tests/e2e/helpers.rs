@@ -1,0 +1,194 @@
+//! Spawning the whole system in-process against a real nats-server, and a small API client.
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::config::SharedSettings;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use testkit::NatsServer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Settings every test service shares: the test NATS, http and loopback allowed.
+pub fn shared(nats: &NatsServer) -> SharedSettings {
+    let mut s = SharedSettings {
+        nats_url: nats.url(),
+        ..Default::default()
+    };
+    s.url_policy.allow_http = true;
+    s.url_policy.allowed_private = vec!["127.0.0.0/8".parse().expect("cidr")];
+    s.events_max_bytes = 256 * 1024 * 1024;
+    s
+}
+
+/// A running service: cancelled (and so drained) on drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub token: CancellationToken,
+    pub handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Cancels and waits for the drain to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match self.handle.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+pub async fn spawn_ingest(nats: &NatsServer) -> Running {
+    let mut settings =
+        ingest::Settings::new(shared(nats), ingest::config::Secret::new(ADMIN_TOKEN));
+    settings.listen = "127.0.0.1:0".parse().expect("addr");
+    let app = ingest::App::build(settings).await.expect("ingest builds");
+    let addr = app.local_addr().expect("addr");
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app.run(token.clone()));
+    Running {
+        addr,
+        token,
+        handle: Some(handle),
+    }
+}
+
+pub async fn spawn_dispatcher(nats: &NatsServer) -> Running {
+    spawn_dispatcher_with(nats, |_| {}).await
+}
+
+pub async fn spawn_dispatcher_with(
+    nats: &NatsServer,
+    tweak: impl FnOnce(&mut dispatcher::Settings),
+) -> Running {
+    let mut settings = dispatcher::Settings::new(shared(nats));
+    settings.metrics_listen = "127.0.0.1:0".parse().expect("addr");
+    settings.http_timeout = Duration::from_secs(5);
+    settings.ack_wait = Duration::from_secs(15);
+    settings.shutdown_grace = Duration::from_secs(5);
+    tweak(&mut settings);
+    let app = dispatcher::App::build(settings)
+        .await
+        .expect("dispatcher builds");
+    let addr = app.local_addr().expect("addr");
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app.run(token.clone()));
+    Running {
+        addr,
+        token,
+        handle: Some(handle),
+    }
+}
+
+/// NATS, one ingest and one dispatcher, and an HTTP client for the API.
+pub struct System {
+    pub ingest: Running,
+    pub dispatcher: Option<Running>,
+    pub http: reqwest::Client,
+    // Dropped last: the services stop before the server does.
+    pub nats: NatsServer,
+}
+
+impl System {
+    pub async fn start() -> System {
+        testkit::init_test_tracing();
+        let nats = NatsServer::start().await.expect("nats-server starts");
+        let ingest = spawn_ingest(&nats).await;
+        let dispatcher = Some(spawn_dispatcher(&nats).await);
+        System {
+            ingest,
+            dispatcher,
+            http: reqwest::Client::new(),
+            nats,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ingest.addr, path)
+    }
+
+    /// Any call; answers the status and the JSON body (`Null` when there is none).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(bearer);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body read");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, key, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, key, None).await
+    }
+
+    /// Issues an API key for `tenant` through the admin API.
+    pub async fn tenant_key(&self, tenant: &str) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/v1/admin/tenants/{tenant}/api-keys"),
+                ADMIN_TOKEN,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["key"].as_str().expect("key").to_owned()
+    }
+
+    /// Creates a subscription; answers its id and secret.
+    pub async fn subscribe(&self, key: &str, body: Value) -> (String, String) {
+        let (status, sub) = self.post("/v1/subscriptions", key, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{sub}");
+        (
+            sub["id"].as_str().expect("id").to_owned(),
+            sub["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    /// Posts one event and asserts it was accepted; answers its id.
+    pub async fn send_event(&self, key: &str, body: Value) -> String {
+        let (status, accepted) = self.post("/v1/events", key, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        accepted["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// A valid event of `event_type` (the catalog's example data) from `agent`.
+pub fn event(event_type: &str, agent: &str) -> Value {
+    let spec = proto::catalog::find(event_type).expect("known type");
+    json!({
+        "type": event_type,
+        "agent_id": agent,
+        "call_id": "call_1",
+        "data": proto::catalog::example(spec),
+    })
+}
+
+pub const SOON: Duration = Duration::from_secs(10);
+pub const QUIET: Duration = Duration::from_millis(1500);

@@ -1,0 +1,1 @@
+//! Ingest API: validation, idempotency, batches, limits, auth errors, the catalog.

@@ -1,0 +1,1 @@
+//! Routing and tenancy: filters, tenants, revoked keys, disabled and edited subscriptions.
