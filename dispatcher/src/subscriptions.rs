@@ -121,10 +121,10 @@ impl Index {
         if let Some((_, Some(old))) = inner.by_id.get(&id).cloned() {
             inner.unregister(&old);
         }
-        if let Some(live) = &live {
-            if live.sub.enabled {
-                inner.register(live);
-            }
+        if let Some(live) = &live
+            && live.sub.enabled
+        {
+            inner.register(live);
         }
         inner.by_id.insert(id, (revision, live));
     }

@@ -78,6 +78,12 @@ pub async fn batch(
             format!("must hold 1 to {max} events"),
         ));
     }
+    // With no connection nothing can be stored: say so once, for the whole batch.
+    if !common::nats::is_connected(&state.client) {
+        return Err(ApiError::Unavailable(anyhow::anyhow!(
+            "not connected to nats"
+        )));
+    }
     // Every item is published at once; the PubAcks are awaited together.
     let results =
         futures::future::join_all(items.iter().map(|item| accept(&state, &tenant, item, None)))

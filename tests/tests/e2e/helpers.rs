@@ -192,3 +192,23 @@ pub fn event(event_type: &str, agent: &str) -> Value {
 
 pub const SOON: Duration = Duration::from_secs(10);
 pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// An ingest on 127.0.0.1:0 whose settings `tweak` adjusts first (a strict URL policy, say).
+pub async fn spawn_ingest_with(
+    nats: &NatsServer,
+    tweak: impl FnOnce(&mut ingest::Settings),
+) -> Running {
+    let mut settings =
+        ingest::Settings::new(shared(nats), ingest::config::Secret::new(ADMIN_TOKEN));
+    settings.listen = "127.0.0.1:0".parse().expect("addr");
+    tweak(&mut settings);
+    let app = ingest::App::build(settings).await.expect("ingest builds");
+    let addr = app.local_addr().expect("addr");
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app.run(token.clone()));
+    Running {
+        addr,
+        token,
+        handle: Some(handle),
+    }
+}
