@@ -48,18 +48,7 @@ impl Drop for Running {
 }
 
 pub async fn spawn_ingest(nats: &NatsServer) -> Running {
-    let mut settings =
-        ingest::Settings::new(shared(nats), ingest::config::Secret::new(ADMIN_TOKEN));
-    settings.listen = "127.0.0.1:0".parse().expect("addr");
-    let app = ingest::App::build(settings).await.expect("ingest builds");
-    let addr = app.local_addr().expect("addr");
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(app.run(token.clone()));
-    Running {
-        addr,
-        token,
-        handle: Some(handle),
-    }
+    spawn_ingest_with(nats, |_| {}).await
 }
 
 pub async fn spawn_dispatcher(nats: &NatsServer) -> Running {
