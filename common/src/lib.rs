@@ -4,6 +4,8 @@
 //! - [`config`]: the environment variables both binaries read (NATS, topology, URL rules).
 //! - [`nats`]: connecting, with credentials and connection-state logging.
 //! - [`topology`]: streams and KV buckets, created idempotently by whichever service starts first.
+//! - [`pages`]: one page of a stream filtered by subject (dead letters, attempts), through an
+//!   ephemeral ordered consumer, so a page costs its size and not the stream's.
 //! - [`watch`]: a KV bucket mirrored into memory through a watch, so config changes reach every
 //!   replica without a restart.
 //! - [`urls`]: the rules a target URL must pass (scheme, SSRF guard); checked on create by
@@ -13,6 +15,7 @@
 
 pub mod config;
 pub mod nats;
+pub mod pages;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -21,6 +21,7 @@ use crate::config::SharedSettings;
 pub struct Stores {
     pub subscriptions: kv::Store,
     pub api_keys: kv::Store,
+    pub health: kv::Store,
 }
 
 const GIB: i64 = 1024 * 1024 * 1024;
@@ -89,9 +90,11 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
     }
     let subscriptions = bucket(js, subjects::SUBSCRIPTIONS_BUCKET, replicas).await?;
     let api_keys = bucket(js, subjects::API_KEYS_BUCKET, replicas).await?;
+    let health = bucket(js, subjects::HEALTH_BUCKET, replicas).await?;
     Ok(Stores {
         subscriptions,
         api_keys,
+        health,
     })
 }
 

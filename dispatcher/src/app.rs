@@ -9,7 +9,7 @@ use async_nats::jetstream::{
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
-use common::watch::{self, Ready};
+use common::watch::{self, Mirror, Ready};
 use proto::subjects;
 use serde_json::{Value, json};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -18,6 +18,8 @@ use crate::{
     config::Settings,
     deliver::{self, Deliverer},
     fanout::{self, Fanout},
+    gate::{Gate, GateConfig},
+    health::Health,
     subscriptions::Index,
 };
 
@@ -26,6 +28,8 @@ pub struct App {
     settings: Settings,
     client: async_nats::Client,
     js: jetstream::Context,
+    stores: common::topology::Stores,
+    failing: Arc<Mirror<proto::v1::EndpointHealth>>,
     index: Index,
     ready: Ready,
     fanout_consumer: PullConsumer,
@@ -35,7 +39,7 @@ pub struct App {
 }
 
 #[derive(Clone)]
-struct Health {
+struct Probe {
     client: async_nats::Client,
     js: jetstream::Context,
     ready: Ready,
@@ -60,10 +64,15 @@ impl App {
             index.clone(),
             background.clone(),
         );
-        anyhow::ensure!(
-            ready.wait(Duration::from_secs(30)).await,
-            "subscription index did not load"
-        );
+        let failing = Arc::new(Mirror::default());
+        let mut failing_ready =
+            watch::spawn(stores.health.clone(), failing.clone(), background.clone());
+        for r in [&mut ready, &mut failing_ready] {
+            anyhow::ensure!(
+                r.wait(Duration::from_secs(30)).await,
+                "kv mirrors did not load"
+            );
+        }
         let fanout_consumer = consumer(
             &js,
             subjects::EVENTS_STREAM,
@@ -88,6 +97,8 @@ impl App {
                 deliver_policy: DeliverPolicy::All,
                 ack_wait: settings.ack_wait,
                 max_ack_pending: 20_000,
+                // Unlimited: the attempt budget is counted in the task itself (see `deliver`).
+                max_deliver: -1,
                 ..Default::default()
             },
         )
@@ -96,6 +107,8 @@ impl App {
             settings,
             client,
             js,
+            stores,
+            failing,
             index,
             ready,
             fanout_consumer,
@@ -118,6 +131,8 @@ impl App {
             settings,
             client,
             js,
+            stores,
+            failing,
             index,
             ready,
             fanout_consumer,
@@ -133,11 +148,26 @@ impl App {
             links_base_url: settings.shared.links_base_url.clone(),
         });
         let deliverer = Arc::new(Deliverer {
-            index,
+            js: js.clone(),
+            index: index.clone(),
             http: crate::http_client::build(&settings)?,
             url_policy: settings.shared.url_policy.clone(),
+            gate: Gate::new(GateConfig {
+                per_endpoint: settings.per_endpoint_in_flight,
+                breaker_threshold: settings.breaker_threshold,
+                breaker_cooldown: settings.breaker_cooldown,
+                breaker_max_cooldown: settings.breaker_max_cooldown,
+            }),
+            health: Health {
+                bucket: stores.health.clone(),
+                subscriptions: stores.subscriptions.clone(),
+                failing,
+                index,
+                disable_after: settings.disable_after,
+            },
+            ack_wait: settings.ack_wait,
         });
-        let health = Health {
+        let health = Probe {
             client: client.clone(),
             js,
             ready,
@@ -217,7 +247,7 @@ async fn consumer(
     }
 }
 
-async fn readyz(State(h): State<Health>) -> (StatusCode, Json<Value>) {
+async fn readyz(State(h): State<Probe>) -> (StatusCode, Json<Value>) {
     let connected = common::nats::is_connected(&h.client);
     let streams = connected && common::topology::streams_ready(&h.js).await;
     let loaded = h.ready.is_ready();

@@ -23,6 +23,16 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// How long draining waits for in-flight deliveries (`WEBHOOKS_SHUTDOWN_GRACE`, 20 s).
     pub shutdown_grace: Duration,
+    /// Deliveries in flight to one endpoint at once (`WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT`, 32).
+    pub per_endpoint_in_flight: usize,
+    /// Consecutive failures that open an endpoint's circuit (`WEBHOOKS_BREAKER_THRESHOLD`, 5).
+    pub breaker_threshold: u32,
+    /// First open period of a circuit (`WEBHOOKS_BREAKER_COOLDOWN`, 5 s), doubled per failed
+    /// probe up to `WEBHOOKS_BREAKER_MAX_COOLDOWN` (5 min).
+    pub breaker_cooldown: Duration,
+    pub breaker_max_cooldown: Duration,
+    /// Failing without a success this long disables a subscription (`WEBHOOKS_DISABLE_AFTER`, 5 d).
+    pub disable_after: Duration,
 }
 
 impl Settings {
@@ -37,6 +47,11 @@ impl Settings {
             fanout_concurrency: 64,
             ack_wait: Duration::from_secs(45),
             shutdown_grace: Duration::from_secs(20),
+            per_endpoint_in_flight: 32,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            breaker_max_cooldown: Duration::from_secs(300),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 
@@ -49,6 +64,15 @@ impl Settings {
         s.max_in_flight = env.parse("WEBHOOKS_MAX_IN_FLIGHT", s.max_in_flight)?;
         s.fanout_concurrency = env.parse("WEBHOOKS_FANOUT_CONCURRENCY", s.fanout_concurrency)?;
         s.shutdown_grace = env.duration("WEBHOOKS_SHUTDOWN_GRACE", s.shutdown_grace)?;
+        s.per_endpoint_in_flight = env.parse(
+            "WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT",
+            s.per_endpoint_in_flight,
+        )?;
+        s.breaker_threshold = env.parse("WEBHOOKS_BREAKER_THRESHOLD", s.breaker_threshold)?;
+        s.breaker_cooldown = env.duration("WEBHOOKS_BREAKER_COOLDOWN", s.breaker_cooldown)?;
+        s.breaker_max_cooldown =
+            env.duration("WEBHOOKS_BREAKER_MAX_COOLDOWN", s.breaker_max_cooldown)?;
+        s.disable_after = env.duration("WEBHOOKS_DISABLE_AFTER", s.disable_after)?;
         s.ack_wait = s.http_timeout * 3;
         s.check()?;
         Ok(s)
@@ -62,7 +86,10 @@ impl Settings {
                 message: "ack wait must exceed the http timeout by more than 5 s".into(),
             });
         }
-        if self.max_in_flight == 0 || self.fanout_concurrency == 0 {
+        if self.max_in_flight == 0
+            || self.fanout_concurrency == 0
+            || self.per_endpoint_in_flight == 0
+        {
             return Err(ConfigError::Invalid {
                 name: "WEBHOOKS_MAX_IN_FLIGHT",
                 message: "concurrency limits must be positive".into(),

@@ -1,43 +1,70 @@
-//! The deliveries consumer: sign and POST each task, ack on `2xx`.
+//! The deliveries consumer: admit, sign, POST, record the attempt, and then ack, retry or
+//! dead-letter.
 //!
-//! Bounded by one semaphore (`max_in_flight`): the pull loop never waits on a slow receiver
-//! beyond that bound. The attempt number is JetStream's delivery count, so it survives a crash.
+//! # Attempt counting
+//! The attempt number travels in the task (`Delivery.attempt`), not in JetStream's delivery
+//! count. A retry is a new task for the next attempt with `not_before` set from the schedule,
+//! published (and PubAck'ed) before the old one is acked; when it is pulled too early it is
+//! handed back with `nak(remaining delay)`. So a `nak` never means "an attempt happened", and an
+//! open circuit, a rate limit or a busy endpoint can hand a task back as often as it needs to
+//! without burning the endpoint's attempts. JetStream's delivery count is only a safety net
+//! against a task that is handed back forever.
+//!
+//! # Isolation
+//! The pull loop takes a global permit per message (`max_in_flight`) and never waits on an
+//! endpoint: a task whose endpoint has no free slot is handed back at once (see `gate`).
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, message::PublishMessage};
 use futures::StreamExt as _;
 use prost::Message as _;
-use proto::{subjects::http as headers, v1::Delivery};
+use proto::{
+    subjects::{self, http as headers},
+    v1::{Attempt, DeadLetter, Delivery},
+};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
     fanout::ack,
+    gate::Gate,
+    health::Health,
     http_client,
+    retry::{self, Class, Decision, RetryPolicy},
     subscriptions::{Index, Live, Lookup},
 };
 
-/// How often a task for a subscription this replica has not seen yet is retried before it is
-/// given up as belonging to a subscription that no longer exists.
+/// How often a task for a subscription this replica has not seen yet is handed back before it
+/// is dead-lettered as a system error.
 const UNKNOWN_SUBSCRIPTION_RETRIES: i64 = 30;
+/// JetStream deliveries of one message after which it is dead-lettered as a system error.
+const SAFETY_NET_DELIVERIES: i64 = 10_000;
+/// Longest error text kept in attempt records and dead letters.
+const MAX_ERROR_CHARS: usize = 512;
 
 /// Shared by the delivery tasks.
 pub struct Deliverer {
+    pub js: jetstream::Context,
     pub index: Index,
     pub http: reqwest::Client,
     pub url_policy: common::urls::UrlPolicy,
+    pub gate: Gate,
+    pub health: Health,
+    pub ack_wait: Duration,
 }
 
 /// What became of one attempt.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered { status: u16 },
-    Failed { status: Option<u16>, error: String },
+#[derive(Debug)]
+pub struct Tried {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub latency: Duration,
 }
 
 /// Pulls deliveries until `token` is cancelled; in-flight ones finish on `tracker`.
@@ -78,8 +105,35 @@ pub async fn run(
     }
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn truncate(mut s: String) -> String {
+    if let Some((i, _)) = s.char_indices().nth(MAX_ERROR_CHARS) {
+        s.truncate(i);
+    }
+    s
+}
+
+/// Why a task is dead-lettered.
+struct Death<'a> {
+    reason: &'a str,
+    failed_by: &'a str,
+    attempts: u32,
+    status: Option<u16>,
+    error: String,
+}
+
 impl Deliverer {
     async fn handle(&self, message: jetstream::Message) {
+        let (sequence, delivered) = message
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
         let task = match Delivery::decode(message.payload.as_ref()) {
             Ok(task) => task,
             Err(error) => {
@@ -88,29 +142,70 @@ impl Deliverer {
                 return;
             }
         };
-        let attempt = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
+        let attempt = task.attempt.max(1);
+        let previous = |error: &str| Death {
+            reason: "system_error",
+            failed_by: "system",
+            attempts: attempt - 1,
+            status: (task.last_status_code > 0).then_some(task.last_status_code as u16),
+            error: error.to_owned(),
+        };
+        if delivered > SAFETY_NET_DELIVERIES {
+            return self
+                .dead_letter(
+                    &message,
+                    sequence,
+                    &task,
+                    previous("handed back too many times"),
+                )
+                .await;
+        }
         let live = match self.index.get(&task.subscription_id) {
             Lookup::Live(live) => live,
             Lookup::Deleted => {
-                tracing::info!(subscription_id = %task.subscription_id, "subscription deleted, delivery dropped");
-                ack(&message, AckKind::Ack).await;
-                return;
+                tracing::debug!(subscription_id = %task.subscription_id, "subscription deleted, delivery dropped");
+                return ack(&message, AckKind::Ack).await;
             }
-            Lookup::Unknown if attempt < UNKNOWN_SUBSCRIPTION_RETRIES => {
-                ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return;
+            Lookup::Unknown if delivered < UNKNOWN_SUBSCRIPTION_RETRIES => {
+                return ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
             Lookup::Unknown => {
-                tracing::warn!(subscription_id = %task.subscription_id, "subscription never seen, delivery set aside");
-                ack(&message, AckKind::Term).await;
-                return;
+                return self
+                    .dead_letter(&message, sequence, &task, previous("subscription unknown"))
+                    .await;
             }
         };
         if !live.sub.enabled {
-            // The owner disabled it: it receives nothing and queues nothing.
-            ack(&message, AckKind::Ack).await;
-            return;
+            if live.sub.disabled_reason.is_empty() {
+                // The owner disabled it: it receives nothing and queues nothing.
+                return ack(&message, AckKind::Ack).await;
+            }
+            let death = Death {
+                reason: "subscription_disabled",
+                failed_by: "endpoint",
+                error: format!("subscription disabled: {}", live.sub.disabled_reason),
+                ..previous("")
+            };
+            return self.dead_letter(&message, sequence, &task, death).await;
         }
+        if let Some(wait) = task.not_before.as_ref().and_then(|t| {
+            proto::time::to_system(t)
+                .duration_since(SystemTime::now())
+                .ok()
+        }) {
+            if wait > Duration::from_millis(5) {
+                return ack(&message, AckKind::Nak(Some(wait))).await;
+            }
+        }
+        let admission = match self.gate.admit(&live.sub.id, live.sub.rate_limit_per_s) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                let delay = refusal.delay().mul_f64(retry::jitter());
+                tracing::debug!(subscription_id = %live.sub.id, ?refusal, "not admitted, handed back");
+                return ack(&message, AckKind::Nak(Some(delay))).await;
+            }
+        };
+
         let span = tracing::info_span!(
             "dispatch.deliver",
             event_id = %task.event_id,
@@ -118,40 +213,123 @@ impl Deliverer {
             attempt,
             status = tracing::field::Empty,
         );
-        let outcome = self
-            .attempt(&live, &task, attempt)
+        let tried = self
+            .attempt_with_progress(&message, &live, &task, attempt)
             .instrument(span.clone())
             .await;
-        match outcome {
-            Outcome::Delivered { status } => {
-                span.record("status", status);
-                ack(&message, AckKind::Ack).await;
-            }
-            Outcome::Failed { status, error } => {
-                if let Some(status) = status {
-                    span.record("status", status);
+        if let Some(status) = tried.status {
+            span.record("status", status);
+        }
+        self.record_attempt(&task, attempt, &tried).await;
+        let class = retry::classify(tried.status);
+        admission.finish(class == Class::Retryable);
+
+        let mut decision =
+            RetryPolicy::of(&live.sub).decide(attempt, class, tried.retry_after, retry::jitter());
+        match class {
+            Class::Success => self.health.record_success(&live.sub).await,
+            Class::Retryable => {
+                if self.health.record_failure(&live.sub).await {
+                    decision = Decision::Disable;
                 }
-                tracing::info!(parent: &span, error = %error, "delivery attempt failed");
-                ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            Class::Gone | Class::Permanent => {}
+        }
+        let error = truncate(tried.error.clone().unwrap_or_default());
+        let failed = |reason| Death {
+            reason,
+            failed_by: "endpoint",
+            attempts: attempt,
+            status: tried.status,
+            error: error.clone(),
+        };
+        match decision {
+            Decision::Done => ack(&message, AckKind::Ack).await,
+            Decision::Retry(delay) => {
+                tracing::info!(parent: &span, error = %error, ?delay, "attempt failed, retry queued");
+                self.retry(
+                    &message,
+                    sequence,
+                    &task,
+                    attempt + 1,
+                    delay,
+                    &tried,
+                    &error,
+                )
+                .await;
+            }
+            Decision::DeadLetter(reason) => {
+                self.dead_letter(&message, sequence, &task, failed(reason))
+                    .await
+            }
+            Decision::Disable => {
+                let why = if class == Class::Gone {
+                    "endpoint answered 410 Gone"
+                } else {
+                    "failing without success for too long"
+                };
+                if let Err(e) = self
+                    .health
+                    .disable(&task.tenant_id, &task.subscription_id, why)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not disable subscription");
+                }
+                self.dead_letter(&message, sequence, &task, failed("subscription_disabled"))
+                    .await;
+            }
+        }
+    }
+
+    /// Runs one attempt, telling JetStream it is still in progress while it runs, so a slow
+    /// receiver is not sent a second copy.
+    async fn attempt_with_progress(
+        &self,
+        message: &jetstream::Message,
+        live: &Live,
+        task: &Delivery,
+        attempt: u32,
+    ) -> Tried {
+        let send = self.attempt(live, task, attempt);
+        tokio::pin!(send);
+        let period = (self.ack_wait / 3).max(Duration::from_millis(100));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                tried = &mut send => return tried,
+                _ = ticks.tick() => ack(message, AckKind::Progress).await,
             }
         }
     }
 
     /// One signed POST of the task's payload.
-    pub async fn attempt(&self, live: &Live, task: &Delivery, attempt: i64) -> Outcome {
-        let url = match self.url_policy.check(&live.sub.url).await {
-            Ok(url) => url,
-            Err(error) => {
-                return Outcome::Failed {
-                    status: None,
-                    error: error.to_string(),
-                };
-            }
+    pub async fn attempt(&self, live: &Live, task: &Delivery, attempt: u32) -> Tried {
+        let started = std::time::Instant::now();
+        let fail = |error: String| Tried {
+            status: None,
+            error: Some(error),
+            retry_after: None,
+            latency: started.elapsed(),
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let url = match self.url_policy.check_syntax(&live.sub.url) {
+            Ok(url) => url,
+            Err(error) => return fail(error.to_string()),
+        };
+        // Host names are checked by the resolver; literal addresses never reach it.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal {
+            if let Err(error) = self
+                .url_policy
+                .check_addr(url.host_str().unwrap_or_default(), ip)
+            {
+                return fail(error.to_string());
+            }
+        }
+        let now = unix_now();
         let signature = live.signer.sign(&task.event_id, now, &task.payload);
         let mut request = self
             .http
@@ -165,22 +343,128 @@ impl Deliverer {
             request = request.header(name, value);
         }
         match http_client::send(request.body(task.payload.clone())).await {
-            Ok(response) if (200..300).contains(&response.status) => Outcome::Delivered {
-                status: response.status,
-            },
-            Ok(response) => Outcome::Failed {
-                status: Some(response.status),
-                error: format!("receiver answered {}", response.status),
-            },
-            Err(error) => Outcome::Failed {
-                status: None,
-                error: describe(&error),
-            },
+            Ok(response) => {
+                let ok = (200..300).contains(&response.status);
+                let retry_after = if matches!(response.status, 429 | 503) {
+                    response
+                        .retry_after
+                        .as_deref()
+                        .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
+                } else {
+                    None
+                };
+                Tried {
+                    status: Some(response.status),
+                    error: (!ok).then(|| format!("receiver answered {}", response.status)),
+                    retry_after,
+                    latency: response.latency,
+                }
+            }
+            Err(error) => fail(describe(&error)),
         }
+    }
+
+    /// Appends the attempt to the attempt log. A lost record costs history, not a delivery,
+    /// so a failure here is logged and the delivery goes on.
+    async fn record_attempt(&self, task: &Delivery, attempt: u32, tried: &Tried) {
+        let record = Attempt {
+            event_id: task.event_id.clone(),
+            subscription_id: task.subscription_id.clone(),
+            tenant_id: task.tenant_id.clone(),
+            attempt,
+            succeeded: tried.status.is_some_and(|s| (200..300).contains(&s)),
+            status_code: tried.status.map(u32::from).unwrap_or(0),
+            error: truncate(tried.error.clone().unwrap_or_default()),
+            latency_ms: u32::try_from(tried.latency.as_millis()).unwrap_or(u32::MAX),
+            at: Some(proto::time::now()),
+            event_type: task.event_type.clone(),
+        };
+        let subject = subjects::attempts_subject(&task.tenant_id, &task.subscription_id);
+        let result = async {
+            self.js
+                .publish(subject, record.encode_to_vec().into())
+                .await?
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        };
+        if let Err(error) = result.await {
+            tracing::warn!(error = %error, "attempt record not stored");
+        }
+    }
+
+    /// Queues the next attempt, then acks this one. If the retry cannot be stored, this task
+    /// is handed back instead, so the attempt is made again rather than lost.
+    #[allow(clippy::too_many_arguments)]
+    async fn retry(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        task: &Delivery,
+        next: u32,
+        delay: Duration,
+        tried: &Tried,
+        error: &str,
+    ) {
+        let mut next_task = task.clone();
+        next_task.attempt = next;
+        next_task.not_before = Some(proto::time::from_system(SystemTime::now() + delay));
+        next_task.last_status_code = tried.status.map(u32::from).unwrap_or(0);
+        next_task.last_error = error.to_owned();
+        let publish = PublishMessage::build()
+            .payload(next_task.encode_to_vec().into())
+            .message_id(subjects::retry_msg_id(sequence));
+        let subject = subjects::delivery_subject(&task.tenant_id, &task.subscription_id);
+        match self.publish(subject, publish).await {
+            Ok(()) => ack(message, AckKind::Ack).await,
+            Err(error) => {
+                tracing::warn!(error = %error, "retry not stored, task handed back");
+                ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+    }
+
+    /// Stores a dead letter and only then terminates the task; if the dead letter cannot be
+    /// stored the task is handed back, never dropped.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        task: &Delivery,
+        death: Death<'_>,
+    ) {
+        let letter = DeadLetter {
+            delivery: Some(task.clone()),
+            attempts: death.attempts,
+            last_status_code: death.status.map(u32::from).unwrap_or(0),
+            last_error: death.error,
+            dead_at: Some(proto::time::now()),
+            reason: death.reason.to_owned(),
+            failed_by: death.failed_by.to_owned(),
+        };
+        let publish = PublishMessage::build()
+            .payload(letter.encode_to_vec().into())
+            .message_id(format!("dlq:{sequence}"));
+        let subject = subjects::dlq_subject(&task.tenant_id, &task.subscription_id);
+        match self.publish(subject, publish).await {
+            Ok(()) => {
+                tracing::warn!(event_id = %task.event_id, subscription_id = %task.subscription_id, reason = death.reason, "delivery dead-lettered");
+                ack(message, AckKind::Term).await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "dead letter not stored, task handed back");
+                ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            }
+        }
+    }
+
+    async fn publish(&self, subject: String, publish: PublishMessage) -> anyhow::Result<()> {
+        self.js.send_publish(subject, publish).await?.await?;
+        Ok(())
     }
 }
 
-/// A transport error in a few words, with its cause.
+/// A transport error in a few words, with its cause chain.
 fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
@@ -189,8 +473,12 @@ fn describe(error: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    match std::error::Error::source(error) {
-        Some(source) => format!("{kind}: {source}"),
-        None => kind.to_owned(),
+    let mut out = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
     }
+    out
 }

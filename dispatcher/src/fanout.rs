@@ -121,6 +121,8 @@ impl Fanout {
                 event_sequence: sequence,
                 accepted_at: event.accepted_at,
                 origin: DeliveryOrigin::Live as i32,
+                attempt: 1,
+                ..Default::default()
             };
             let publish = PublishMessage::build()
                 .payload(task.encode_to_vec().into())

@@ -20,6 +20,9 @@ pub fn build(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .user_agent(concat!("OpenWebhooks/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(std::sync::Arc::new(GuardedResolver {
+            policy: settings.shared.url_policy.clone(),
+        }))
         .build()?)
 }
 
@@ -60,4 +63,35 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, reqwest:
         body: body.freeze(),
         latency: started.elapsed(),
     })
+}
+
+/// A resolver that drops every address the URL policy refuses, so the SSRF guard applies to
+/// the address actually connected, whatever DNS answers at delivery time. (IP-literal URLs do
+/// not resolve; `deliver` checks them before sending.)
+pub struct GuardedResolver {
+    pub policy: common::urls::UrlPolicy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<std::net::SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| policy.check_addr(&host, a.ip()).is_ok())
+                .collect();
+            match (allowed.is_empty(), addrs.first()) {
+                (false, _) => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+                (true, Some(refused)) => Err(Box::new(common::urls::UrlError::PrivateAddress {
+                    host,
+                    addr: refused.ip(),
+                }) as _),
+                (true, None) => Err(Box::new(common::urls::UrlError::Unresolvable { host }) as _),
+            }
+        })
+    }
 }

@@ -6,7 +6,11 @@
 //! - [`app`]: `App::build` / `App::run`, the health endpoints, draining.
 //! - [`subscriptions`]: the in-memory index kept current by a KV watch; the matcher.
 //! - [`fanout`]: events consumer → one delivery task per (event, subscription).
-//! - [`deliver`]: deliveries consumer → sign, POST, ack.
+//! - [`deliver`]: deliveries consumer → admit, sign, POST, record, then ack, retry or
+//!   dead-letter; why the attempt number travels in the task.
+//! - [`retry`]: `RetryPolicy`, the pure decision after an attempt.
+//! - [`gate`]: per-endpoint admission: in-flight bound, circuit breaker, rate limit.
+//! - [`health`]: failing-since tracking and automatic disabling.
 //! - [`signing`]: Standard Webhooks signatures, several during a rotation.
 //! - [`http_client`]: the pooled client, no redirects, capped response reads.
 
@@ -14,7 +18,10 @@ pub mod app;
 pub mod config;
 pub mod deliver;
 pub mod fanout;
+pub mod gate;
+pub mod health;
 pub mod http_client;
+pub mod retry;
 pub mod signing;
 pub mod subscriptions;
 

@@ -29,6 +29,9 @@ pub const DELIVER_CONSUMER: &str = "dispatcher-deliver";
 pub const SUBSCRIPTIONS_BUCKET: &str = "webhooks_subscriptions";
 /// KV bucket of API-key records (hashes only), keyed by key id.
 pub const API_KEYS_BUCKET: &str = "webhooks_api_keys";
+/// KV bucket of failing subscriptions (`EndpointHealth`), keyed by subscription id; a key
+/// exists only while its subscription has failed since its last success.
+pub const HEALTH_BUCKET: &str = "webhooks_endpoint_health";
 
 /// Request subject prefix for upstream producers: `webhooks.ingest.<tenant>`.
 pub const INGEST_PREFIX: &str = "webhooks.ingest";
@@ -87,6 +90,28 @@ pub fn event_msg_id(tenant: &str, event_id: &str) -> String {
 /// JetStream drops the copy.
 pub fn delivery_msg_id(event_id: &str, subscription: &str) -> String {
     format!("{event_id}:{subscription}")
+}
+
+/// The idempotency id of the retry of the task at `sequence` in the deliveries stream: each
+/// message is retried at most once, so a retry published twice (a crash before the old
+/// message's ack) is stored once.
+pub fn retry_msg_id(sequence: u64) -> String {
+    format!("retry:{sequence}")
+}
+
+/// The idempotency id of a redriven dead letter.
+pub fn redrive_msg_id(dead_letter_sequence: u64) -> String {
+    format!("redrive:{dead_letter_sequence}")
+}
+
+/// A dead letter's public id: its sequence in the dead-letter stream.
+pub fn dead_letter_id(sequence: u64) -> String {
+    format!("dl_{sequence}")
+}
+
+/// The sequence of a dead letter's public id.
+pub fn dead_letter_sequence(id: &str) -> Option<u64> {
+    id.strip_prefix("dl_")?.parse().ok().filter(|s| *s > 0)
 }
 
 /// KV key of a subscription.

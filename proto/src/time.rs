@@ -39,6 +39,12 @@ pub fn from_system(t: SystemTime) -> Timestamp {
     Timestamp::from(t)
 }
 
+/// The system time of a timestamp; times before the epoch read as the epoch.
+pub fn to_system(ts: &Timestamp) -> SystemTime {
+    let ms = to_unix_ms(ts);
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 /// Milliseconds since the Unix epoch, for comparisons and latency arithmetic.
 pub fn to_unix_ms(ts: &Timestamp) -> i64 {
     let ts = normalized(ts);

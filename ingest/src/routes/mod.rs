@@ -1,6 +1,8 @@
 //! The HTTP API: one module per resource, plus the shared body and paging helpers.
 
 mod admin;
+mod attempts;
+mod dead_letters;
 mod event_types;
 mod events;
 mod health;
@@ -44,6 +46,19 @@ pub fn router(state: AppState) -> Router {
                 .delete(subscriptions::remove),
         )
         .route("/v1/subscriptions/{id}/secret", get(subscriptions::secret))
+        .route(
+            "/v1/subscriptions/{id}/attempts",
+            get(attempts::by_subscription),
+        )
+        .route("/v1/subscriptions/{id}/stats", get(attempts::stats))
+        .route("/v1/events/{id}/attempts", get(attempts::by_event))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/redrive", post(dead_letters::redrive_all))
+        .route("/v1/dead-letters/{id}", get(dead_letters::get))
+        .route(
+            "/v1/dead-letters/{id}/redrive",
+            post(dead_letters::redrive),
+        )
         .route(
             "/v1/admin/tenants/{tenant_id}/api-keys",
             post(admin::create_key),

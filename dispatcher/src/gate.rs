@@ -1,0 +1,293 @@
+//! Per-endpoint admission: a bound on in-flight deliveries, a circuit breaker and the optional
+//! rate limit. A task that is not admitted is handed back to JetStream with a delay and
+//! without an attempt, so our own throttling never burns the endpoint's attempts (the attempt
+//! number travels in the task, see `deliver`). All of it is per replica and in memory.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use governor::{Quota, RateLimiter, clock::Clock as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Tuning, from `Settings`.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Deliveries in flight to one endpoint at once.
+    pub per_endpoint: usize,
+    /// Consecutive retryable failures that open the circuit.
+    pub breaker_threshold: u32,
+    /// How long the circuit stays open at first; doubles on every failed probe.
+    pub breaker_cooldown: Duration,
+    pub breaker_max_cooldown: Duration,
+}
+
+/// Why a task was not admitted, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Busy(Duration),
+    CircuitOpen(Duration),
+    RateLimited(Duration),
+}
+
+impl Refusal {
+    pub fn delay(self) -> Duration {
+        match self {
+            Refusal::Busy(d) | Refusal::CircuitOpen(d) | Refusal::RateLimited(d) => d,
+        }
+    }
+}
+
+/// The circuit of one endpoint.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+    probing: bool,
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+struct Endpoint {
+    slots: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+    limiter: Mutex<Option<(u32, Limiter)>>,
+}
+
+/// Admission for every endpoint this replica delivers to.
+pub struct Gate {
+    config: GateConfig,
+    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+}
+
+/// Held while a delivery runs; tells the breaker how it went.
+pub struct Admission {
+    endpoint: Arc<Endpoint>,
+    _slot: OwnedSemaphorePermit,
+    config: GateConfig,
+    probe: bool,
+}
+
+/// The circuit states, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl Gate {
+    pub fn new(config: GateConfig) -> Self {
+        Self {
+            config,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn endpoint(&self, subscription: &str) -> Arc<Endpoint> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(subscription.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    slots: Arc::new(Semaphore::new(self.config.per_endpoint)),
+                    breaker: Mutex::new(Breaker {
+                        cooldown: self.config.breaker_cooldown,
+                        ..Default::default()
+                    }),
+                    limiter: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Admits one delivery to `subscription` now, or says how long to wait.
+    pub fn admit(&self, subscription: &str, rate_limit_per_s: u32) -> Result<Admission, Refusal> {
+        let endpoint = self.endpoint(subscription);
+        let probe = {
+            let mut b = endpoint.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            match b.open_until {
+                Some(until) if Instant::now() < until => {
+                    return Err(Refusal::CircuitOpen(until - Instant::now()));
+                }
+                // Half-open: one probe at a time; the rest wait for its verdict.
+                Some(_) if b.probing => {
+                    return Err(Refusal::CircuitOpen(Duration::from_millis(500)));
+                }
+                Some(_) => {
+                    b.probing = true;
+                    true
+                }
+                None => false,
+            }
+        };
+        let refuse = |refusal| {
+            if probe {
+                endpoint
+                    .breaker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .probing = false;
+            }
+            Err(refusal)
+        };
+        if let Some(rate) = NonZeroU32::new(rate_limit_per_s) {
+            let mut limiter = endpoint.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            if limiter.as_ref().is_none_or(|(r, _)| *r != rate.get()) {
+                *limiter = Some((rate.get(), RateLimiter::direct(Quota::per_second(rate))));
+            }
+            if let Some((_, l)) = limiter.as_ref() {
+                if let Err(not_until) = l.check() {
+                    let wait =
+                        not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                    return refuse(Refusal::RateLimited(wait.max(Duration::from_millis(10))));
+                }
+            }
+        }
+        match endpoint.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(Admission {
+                endpoint,
+                _slot: slot,
+                config: self.config.clone(),
+                probe,
+            }),
+            Err(_) => refuse(Refusal::Busy(Duration::from_millis(250))),
+        }
+    }
+
+    /// The circuit state of `subscription`'s endpoint.
+    pub fn state(&self, subscription: &str) -> CircuitState {
+        let endpoint = self.endpoint(subscription);
+        let b = endpoint.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        match b.open_until {
+            None => CircuitState::Closed,
+            Some(until) if Instant::now() < until => CircuitState::Open,
+            Some(_) => CircuitState::HalfOpen,
+        }
+    }
+}
+
+impl Admission {
+    /// Reports the attempt's result: a success closes the circuit, retryable failures open it.
+    pub fn finish(self, retryable_failure: bool) {
+        let mut b = self
+            .endpoint
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.probe {
+            b.probing = false;
+        }
+        if !retryable_failure {
+            *b = Breaker {
+                cooldown: self.config.breaker_cooldown,
+                ..Default::default()
+            };
+            return;
+        }
+        b.failures += 1;
+        if self.probe {
+            // The probe failed: stay open, twice as long.
+            b.cooldown = (b.cooldown * 2).min(self.config.breaker_max_cooldown);
+            b.open_until = Some(Instant::now() + b.cooldown);
+        } else if b.open_until.is_none() && b.failures >= self.config.breaker_threshold {
+            b.open_until = Some(Instant::now() + b.cooldown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn gate(per_endpoint: usize, cooldown_ms: u64) -> Gate {
+        Gate::new(GateConfig {
+            per_endpoint,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_millis(cooldown_ms),
+            breaker_max_cooldown: Duration::from_millis(cooldown_ms * 4),
+        })
+    }
+
+    #[test]
+    fn in_flight_deliveries_per_endpoint_are_bounded_and_endpoints_are_independent() {
+        let g = gate(2, 1000);
+        let a = g.admit("s1", 0).unwrap();
+        let _b = g.admit("s1", 0).unwrap();
+        assert!(matches!(g.admit("s1", 0), Err(Refusal::Busy(_))));
+        assert!(g.admit("s2", 0).is_ok(), "another endpoint is not affected");
+        a.finish(false);
+        assert!(g.admit("s1", 0).is_ok());
+    }
+
+    #[test]
+    fn consecutive_failures_open_the_circuit_and_a_successful_probe_closes_it() {
+        let g = gate(10, 30);
+        for _ in 0..3 {
+            g.admit("s", 0).unwrap().finish(true);
+        }
+        assert_eq!(g.state("s"), CircuitState::Open);
+        assert!(
+            matches!(g.admit("s", 0), Err(Refusal::CircuitOpen(d)) if d <= Duration::from_millis(30))
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(g.state("s"), CircuitState::HalfOpen);
+        let probe = g.admit("s", 0).unwrap();
+        assert!(
+            matches!(g.admit("s", 0), Err(Refusal::CircuitOpen(_))),
+            "one probe at a time"
+        );
+        probe.finish(false);
+        assert_eq!(g.state("s"), CircuitState::Closed);
+        assert!(g.admit("s", 0).is_ok());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_for_longer() {
+        let g = gate(10, 20);
+        for _ in 0..3 {
+            g.admit("s", 0).unwrap().finish(true);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        g.admit("s", 0).unwrap().finish(true);
+        match g.admit("s", 0) {
+            Err(Refusal::CircuitOpen(d)) => assert!(d > Duration::from_millis(20), "{d:?}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn successes_in_between_keep_the_circuit_closed_and_permanent_failures_do_not_count() {
+        let g = gate(10, 1000);
+        for _ in 0..10 {
+            g.admit("s", 0).unwrap().finish(true);
+            g.admit("s", 0).unwrap().finish(true);
+            g.admit("s", 0).unwrap().finish(false);
+        }
+        assert_eq!(g.state("s"), CircuitState::Closed);
+    }
+
+    #[test]
+    fn the_rate_limit_admits_its_quota_then_says_when() {
+        let g = gate(100, 1000);
+        let mut admitted = 0;
+        let mut refusal = None;
+        for _ in 0..10 {
+            match g.admit("s", 2) {
+                Ok(a) => {
+                    admitted += 1;
+                    a.finish(false);
+                }
+                Err(r) => refusal = Some(r),
+            }
+        }
+        assert!(admitted <= 2, "{admitted}");
+        assert!(
+            matches!(refusal, Some(Refusal::RateLimited(d)) if d <= Duration::from_millis(600))
+        );
+    }
+}
