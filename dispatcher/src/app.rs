@@ -20,6 +20,7 @@ use crate::{
     fanout::{self, Fanout},
     gate::{Gate, GateConfig},
     health::Health,
+    metrics::Metrics,
     subscriptions::Index,
 };
 
@@ -40,6 +41,7 @@ pub struct App {
 
 #[derive(Clone)]
 struct Probe {
+    metrics: Arc<Metrics>,
     client: async_nats::Client,
     js: jetstream::Context,
     ready: Ready,
@@ -142,10 +144,12 @@ impl App {
         } = self;
         let token = token.child_token();
         let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
         let fanout = Arc::new(Fanout {
             js: js.clone(),
             index: index.clone(),
             links_base_url: settings.shared.links_base_url.clone(),
+            metrics: metrics.clone(),
         });
         let deliverer = Arc::new(Deliverer {
             js: js.clone(),
@@ -166,8 +170,10 @@ impl App {
                 disable_after: settings.disable_after,
             },
             ack_wait: settings.ack_wait,
+            metrics: metrics.clone(),
         });
         let health = Probe {
+            metrics,
             client: client.clone(),
             js,
             ready,
@@ -176,6 +182,7 @@ impl App {
         let router = Router::new()
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/readyz", get(readyz))
+            .route("/metrics", get(render_metrics))
             .with_state(health);
         let http_token = background.clone();
         let http = tokio::spawn(async move {
@@ -245,6 +252,16 @@ async fn consumer(
             .await
             .with_context(|| format!("creating consumer {name}"))?),
     }
+}
+
+async fn render_metrics(State(h): State<Probe>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        h.metrics.render(),
+    )
 }
 
 async fn readyz(State(h): State<Probe>) -> (StatusCode, Json<Value>) {

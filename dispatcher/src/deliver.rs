@@ -32,9 +32,10 @@ use tracing::Instrument as _;
 
 use crate::{
     fanout::ack,
-    gate::Gate,
+    gate::{Gate, Refusal},
     health::Health,
     http_client,
+    metrics::{Metrics, Reason},
     retry::{self, Class, Decision, RetryPolicy},
     subscriptions::{Index, Live, Lookup},
 };
@@ -56,6 +57,7 @@ pub struct Deliverer {
     pub gate: Gate,
     pub health: Health,
     pub ack_wait: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What became of one attempt.
@@ -120,9 +122,9 @@ fn truncate(mut s: String) -> String {
 }
 
 /// Why a task is dead-lettered.
-struct Death<'a> {
-    reason: &'a str,
-    failed_by: &'a str,
+struct Death {
+    reason: &'static str,
+    failed_by: &'static str,
     attempts: u32,
     status: Option<u16>,
     error: String,
@@ -164,9 +166,11 @@ impl Deliverer {
             Lookup::Live(live) => live,
             Lookup::Deleted => {
                 tracing::debug!(subscription_id = %task.subscription_id, "subscription deleted, delivery dropped");
+                self.metrics.delivered("dropped");
                 return ack(&message, AckKind::Ack).await;
             }
             Lookup::Unknown if delivered < UNKNOWN_SUBSCRIPTION_RETRIES => {
+                self.handed_back("unknown_subscription");
                 return ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
             Lookup::Unknown => {
@@ -178,6 +182,7 @@ impl Deliverer {
         if !live.sub.enabled {
             if live.sub.disabled_reason.is_empty() {
                 // The owner disabled it: it receives nothing and queues nothing.
+                self.metrics.delivered("dropped");
                 return ack(&message, AckKind::Ack).await;
             }
             let death = Death {
@@ -192,16 +197,21 @@ impl Deliverer {
             proto::time::to_system(t)
                 .duration_since(SystemTime::now())
                 .ok()
-        }) {
-            if wait > Duration::from_millis(5) {
-                return ack(&message, AckKind::Nak(Some(wait))).await;
-            }
+        }) && wait > Duration::from_millis(5)
+        {
+            self.handed_back("not_before");
+            return ack(&message, AckKind::Nak(Some(wait))).await;
         }
         let admission = match self.gate.admit(&live.sub.id, live.sub.rate_limit_per_s) {
             Ok(admission) => admission,
             Err(refusal) => {
                 let delay = refusal.delay().mul_f64(retry::jitter());
                 tracing::debug!(subscription_id = %live.sub.id, ?refusal, "not admitted, handed back");
+                self.handed_back(match refusal {
+                    Refusal::Busy(_) => "endpoint_busy",
+                    Refusal::CircuitOpen(_) => "circuit_open",
+                    Refusal::RateLimited(_) => "rate_limited",
+                });
                 return ack(&message, AckKind::Nak(Some(delay))).await;
             }
         };
@@ -222,6 +232,15 @@ impl Deliverer {
         }
         self.record_attempt(&task, attempt, &tried).await;
         let class = retry::classify(tried.status);
+        let outcome = if class == Class::Success {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .attempts
+            .get_or_create(&crate::metrics::Outcome { outcome })
+            .inc();
         admission.finish(class == Class::Retryable);
 
         let mut decision =
@@ -244,7 +263,10 @@ impl Deliverer {
             error: error.clone(),
         };
         match decision {
-            Decision::Done => ack(&message, AckKind::Ack).await,
+            Decision::Done => {
+                self.metrics.delivered("succeeded");
+                ack(&message, AckKind::Ack).await;
+            }
             Decision::Retry(delay) => {
                 tracing::info!(parent: &span, error = %error, ?delay, "attempt failed, retry queued");
                 self.retry(
@@ -321,13 +343,12 @@ impl Deliverer {
             Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
             _ => None,
         };
-        if let Some(ip) = literal {
-            if let Err(error) = self
+        if let Some(ip) = literal
+            && let Err(error) = self
                 .url_policy
                 .check_addr(url.host_str().unwrap_or_default(), ip)
-            {
-                return fail(error.to_string());
-            }
+        {
+            return fail(error.to_string());
         }
         let now = unix_now();
         let signature = live.signer.sign(&task.event_id, now, &task.payload);
@@ -431,7 +452,7 @@ impl Deliverer {
         message: &jetstream::Message,
         sequence: u64,
         task: &Delivery,
-        death: Death<'_>,
+        death: Death,
     ) {
         let letter = DeadLetter {
             delivery: Some(task.clone()),
@@ -449,6 +470,13 @@ impl Deliverer {
         match self.publish(subject, publish).await {
             Ok(()) => {
                 tracing::warn!(event_id = %task.event_id, subscription_id = %task.subscription_id, reason = death.reason, "delivery dead-lettered");
+                self.metrics.delivered("dead_lettered");
+                self.metrics
+                    .dead_letters
+                    .get_or_create(&Reason {
+                        reason: death.reason,
+                    })
+                    .inc();
                 ack(message, AckKind::Term).await;
             }
             Err(error) => {
@@ -456,6 +484,13 @@ impl Deliverer {
                 ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
             }
         }
+    }
+
+    fn handed_back(&self, reason: &'static str) {
+        self.metrics
+            .handed_back
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     async fn publish(&self, subject: String, publish: PublishMessage) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@ pub struct Fanout {
     pub js: jetstream::Context,
     pub index: Index,
     pub links_base_url: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Pulls events until `token` is cancelled; in-flight fan-outs finish on `tracker`.
@@ -91,7 +92,11 @@ impl Fanout {
             }
             let payload: bytes::Bytes = envelope::render(&event, &self.links_base_url).into();
             match self.queue(&event, sequence, payload, &matches).await {
-                Ok(()) => ack(&message, AckKind::Ack).await,
+                Ok(()) => {
+                    self.metrics.events_fanned_out.inc();
+                    self.metrics.tasks_queued.inc_by(matches.len() as u64);
+                    ack(&message, AckKind::Ack).await;
+                }
                 Err(error) => {
                     tracing::warn!(error = %error, "fan-out failed, event handed back");
                     ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;

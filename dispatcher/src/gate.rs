@@ -139,12 +139,11 @@ impl Gate {
             if limiter.as_ref().is_none_or(|(r, _)| *r != rate.get()) {
                 *limiter = Some((rate.get(), RateLimiter::direct(Quota::per_second(rate))));
             }
-            if let Some((_, l)) = limiter.as_ref() {
-                if let Err(not_until) = l.check() {
-                    let wait =
-                        not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                    return refuse(Refusal::RateLimited(wait.max(Duration::from_millis(10))));
-                }
+            if let Some((_, l)) = limiter.as_ref()
+                && let Err(not_until) = l.check()
+            {
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                return refuse(Refusal::RateLimited(wait.max(Duration::from_millis(10))));
             }
         }
         match endpoint.slots.clone().try_acquire_owned() {

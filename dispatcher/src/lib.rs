@@ -12,6 +12,7 @@
 //! - [`gate`]: per-endpoint admission: in-flight bound, circuit breaker, rate limit.
 //! - [`health`]: failing-since tracking and automatic disabling.
 //! - [`signing`]: Standard Webhooks signatures, several during a rotation.
+//! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http_client`]: the pooled client, no redirects, capped response reads.
 
 pub mod app;
@@ -21,6 +22,7 @@ pub mod fanout;
 pub mod gate;
 pub mod health;
 pub mod http_client;
+pub mod metrics;
 pub mod retry;
 pub mod signing;
 pub mod subscriptions;
