@@ -2,8 +2,12 @@
 //!
 //! Matching looks up at most six buckets per event: the exact type, its `prefix.*` and `*`,
 //! each for the event's agent and for "any agent". So the cost of an event depends on its
-//! matches, not on how many subscriptions exist. Disabled subscriptions stay known by id (a
-//! queued delivery must learn it is disabled) but are not matched.
+//! matches, not on how many subscriptions exist.
+//!
+//! A subscription its owner disabled stays known by id (a queued delivery must learn it is
+//! disabled) but is not matched: it queues nothing. One the system disabled (`410 Gone`, failing
+//! too long) is still matched, so its deliveries are queued and then parked as dead letters,
+//! ready to be redriven once it is enabled again.
 
 use std::{
     collections::HashMap,
@@ -122,14 +126,15 @@ impl Index {
             inner.unregister(&old);
         }
         if let Some(live) = &live
-            && live.sub.enabled
+            && (live.sub.enabled || !live.sub.disabled_reason.is_empty())
         {
             inner.register(live);
         }
         inner.by_id.insert(id, (revision, live));
     }
 
-    /// The enabled subscriptions of `tenant` that want an event of `event_type` from `agent`.
+    /// The subscriptions of `tenant` that want an event of `event_type` from `agent`: the
+    /// enabled ones and those the system disabled.
     pub fn matches(&self, tenant: &str, event_type: &str, agent: &str) -> Vec<Arc<Live>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let Some(buckets) = inner.buckets.get(tenant) else {
@@ -253,10 +258,19 @@ mod tests {
         assert!(index.matches("t", "call.started", "a").is_empty());
         put(&index, 3, sub("s", "t", &["qa.scored"], &[], false));
         assert!(index.matches("t", "qa.scored", "a").is_empty());
+        let mut parked = sub("s", "t", &["qa.scored"], &[], false);
+        parked.disabled_reason = "endpoint answered 410 Gone".into();
+        put(&index, 4, parked);
+        assert_eq!(
+            ids(index.matches("t", "qa.scored", "a")),
+            ["s"],
+            "system-disabled still queues"
+        );
+        put(&index, 5, sub("s", "t", &["qa.scored"], &[], false));
         assert!(matches!(index.get("s"), Lookup::Live(l) if !l.sub.enabled));
         index.apply(Change::Delete {
             key: "t.s".into(),
-            revision: 4,
+            revision: 6,
         });
         assert!(matches!(index.get("s"), Lookup::Deleted));
         assert!(matches!(index.get("never"), Lookup::Unknown));

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ pub struct Received {
     pub body: Bytes,
     /// When the request arrived (before any scripted delay), for checking retry spacing.
     pub at: Instant,
+    /// The status the receiver answers (or answered) this request with, from the script.
+    pub status: StatusCode,
 }
 
 impl Received {
@@ -54,12 +56,19 @@ impl Received {
 
 /// State shared by the HTTP handler.
 struct Shared {
-    /// Statuses still to answer with, in order; 200 once empty.
+    /// Statuses still to answer with, in order; `fallback` once empty.
     script: StdMutex<VecDeque<StatusCode>>,
+    /// The status once the script is exhausted (200 unless the test changes it).
+    fallback: AtomicU16,
     /// Delay before every response.
     delay: Duration,
+    /// `Retry-After` seconds sent with every 429 and 503.
+    retry_after: Option<u64>,
     /// Requests seen so far, whether taken or not.
     count: AtomicUsize,
+    /// Requests whose handler ran to the end (after the delay), so the response was written
+    /// unless the client had gone away.
+    answered: AtomicUsize,
     /// Where requests are recorded for the test to take.
     tx: mpsc::UnboundedSender<Received>,
 }
@@ -77,7 +86,7 @@ pub struct TestReceiver {
 }
 
 impl TestReceiver {
-    /// axum on 127.0.0.1:0; answers each request with the next status of `script` (e.g. [500, 500, 200]); once the script is exhausted, answers 200. Every request (headers, body, arrival time) is recorded.
+    /// axum on 127.0.0.1:0; answers each request with the next status of `script` (e.g. [500, 500, 200]); once the script is exhausted, answers 200 (or what [`TestReceiver::answer_after_script`] set). Every request (headers, body, arrival time) is recorded.
     ///
     /// An ephemeral port lets many receivers run in parallel tests without clashes.
     pub async fn start(script: Vec<u16>) -> anyhow::Result<TestReceiver> {
@@ -91,6 +100,22 @@ impl TestReceiver {
         script: Vec<u16>,
         delay: Duration,
     ) -> anyhow::Result<TestReceiver> {
+        Self::start_inner(script, delay, None).await
+    }
+
+    /// Like start, but every 429 and 503 carries `Retry-After: <seconds>`.
+    pub async fn start_with_retry_after(
+        script: Vec<u16>,
+        seconds: u64,
+    ) -> anyhow::Result<TestReceiver> {
+        Self::start_inner(script, Duration::ZERO, Some(seconds)).await
+    }
+
+    async fn start_inner(
+        script: Vec<u16>,
+        delay: Duration,
+        retry_after: Option<u64>,
+    ) -> anyhow::Result<TestReceiver> {
         let script = script
             .into_iter()
             .map(|code| {
@@ -101,8 +126,11 @@ impl TestReceiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             script: StdMutex::new(script),
+            fallback: AtomicU16::new(200),
             delay,
+            retry_after,
             count: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
             tx,
         });
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -156,11 +184,27 @@ impl TestReceiver {
         self.recv_within(quiet).await
     }
 
+    /// What to answer once the script is exhausted, from now on (200 until this is called).
+    ///
+    /// Lets a test keep an endpoint failing for as long as a fault lasts, then heal it.
+    pub fn answer_after_script(&self, code: u16) -> anyhow::Result<()> {
+        StatusCode::from_u16(code).with_context(|| format!("invalid status {code}"))?;
+        self.shared.fallback.store(code, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// How many requests arrived so far (including ones not yet taken).
     ///
     /// Lets `eventually` wait on a count without consuming the recorded requests.
     pub fn count(&self) -> usize {
         self.shared.count.load(Ordering::SeqCst)
+    }
+
+    /// How many requests were answered: their handler finished its delay and returned the
+    /// status. A request whose client hung up during the delay is dropped by the server and not
+    /// counted, so `answered() < count()` after the sender is gone means it cut requests off.
+    pub fn answered(&self) -> usize {
+        self.shared.answered.load(Ordering::SeqCst)
     }
 }
 
@@ -173,21 +217,39 @@ impl Drop for TestReceiver {
 }
 
 /// Records the request, then answers with the next scripted status after the configured delay.
-async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap) {
     let at = Instant::now();
     let status = match shared.script.lock() {
         Ok(mut script) => script.pop_front(),
         // A panic elsewhere poisoned the lock; keep following the script anyway.
         Err(poisoned) => poisoned.into_inner().pop_front(),
     }
-    .unwrap_or(StatusCode::OK);
+    .unwrap_or_else(|| {
+        StatusCode::from_u16(shared.fallback.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK)
+    });
     shared.count.fetch_add(1, Ordering::SeqCst);
     // The test may have stopped listening; the response still matters to the sender.
-    let _ = shared.tx.send(Received { headers, body, at });
+    let _ = shared.tx.send(Received {
+        headers,
+        body,
+        at,
+        status,
+    });
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
     }
-    status
+    shared.answered.fetch_add(1, Ordering::SeqCst);
+    let mut response_headers = HeaderMap::new();
+    if let Some(seconds) = shared.retry_after
+        && matches!(status.as_u16(), 429 | 503)
+    {
+        response_headers.insert(axum::http::header::RETRY_AFTER, seconds.into());
+    }
+    (status, response_headers)
 }
 
 #[cfg(test)]
@@ -216,6 +278,7 @@ mod tests {
             headers,
             body: Bytes::from_static(body),
             at: Instant::now(),
+            status: StatusCode::OK,
         })
     }
 
@@ -238,6 +301,7 @@ mod tests {
         }
         assert_eq!(statuses, [500, 200, 200]);
         assert_eq!(receiver.count(), 3);
+        assert_eq!(receiver.answered(), 3);
 
         for n in 1..=3 {
             let got = receiver
@@ -245,6 +309,7 @@ mod tests {
                 .await
                 .context("request was not recorded")?;
             assert_eq!(got.json()["n"], n);
+            assert_eq!(got.status.as_u16(), if n == 1 { 500 } else { 200 });
             assert_eq!(got.header("content-type"), Some("application/json"));
         }
         assert!(
@@ -275,6 +340,22 @@ mod tests {
             .context("request was not recorded")?;
         assert!(got.at < started + delay);
         assert_eq!(got.json(), serde_json::Value::Null);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_status_after_the_script_can_be_changed_while_running() -> anyhow::Result<()> {
+        let receiver = TestReceiver::start(vec![500]).await?;
+        receiver.answer_after_script(503)?;
+        assert!(receiver.answer_after_script(42).is_err());
+        let client = reqwest::Client::new();
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            statuses.push(client.post(receiver.url()).send().await?.status().as_u16());
+        }
+        receiver.answer_after_script(200)?;
+        statuses.push(client.post(receiver.url()).send().await?.status().as_u16());
+        assert_eq!(statuses, [500, 503, 200]);
         Ok(())
     }
 

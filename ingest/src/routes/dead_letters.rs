@@ -10,7 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream::{
-    self, errors::ErrorCode, message::PublishMessage as Publish, stream::DeleteMessageErrorKind,
+    self, ErrorCode, message::PublishMessage as Publish, stream::DeleteMessageErrorKind,
     stream::DirectGetErrorKind,
 };
 use axum::{
@@ -113,7 +113,11 @@ pub async fn list(
         .collect();
     let next = read
         .more
-        .then(|| read.items.last().map(|(seq, _)| subjects::dead_letter_id(*seq)))
+        .then(|| {
+            read.items
+                .last()
+                .map(|(seq, _)| subjects::dead_letter_id(*seq))
+        })
         .flatten();
     Ok(Json(json!({"data": data, "next_cursor": next})))
 }
@@ -140,7 +144,8 @@ async fn load(state: &AppState, tenant: &str, id: &str) -> Result<(u64, DeadLett
     if !own {
         return Err(ApiError::NotFound);
     }
-    let dl = DeadLetter::decode(message.payload.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
+    let dl =
+        DeadLetter::decode(message.payload.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
     Ok((sequence, dl))
 }
 

@@ -55,10 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive_all))
         .route("/v1/dead-letters/{id}", get(dead_letters::get))
-        .route(
-            "/v1/dead-letters/{id}/redrive",
-            post(dead_letters::redrive),
-        )
+        .route("/v1/dead-letters/{id}/redrive", post(dead_letters::redrive))
         .route(
             "/v1/admin/tenants/{tenant_id}/api-keys",
             post(admin::create_key),
