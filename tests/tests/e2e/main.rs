@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod dead_letters;
 mod delivery;
 mod ingest_api;
+mod reliability;
 mod routing;
