@@ -57,6 +57,20 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             ..Default::default()
         },
         Config {
+            name: subjects::REPLAYS_STREAM.into(),
+            description: Some(
+                "replayed and redriven delivery tasks, a lane apart from live ones".into(),
+            ),
+            subjects: vec![subjects::REPLAYS_SUBJECTS.into()],
+            retention: RetentionPolicy::WorkQueue,
+            max_bytes: 8 * GIB,
+            discard: DiscardPolicy::New,
+            duplicate_window: s.dedupe_window,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        Config {
             name: subjects::DLQ_STREAM.into(),
             description: Some("deliveries that never succeeded, for inspection and redrive".into()),
             subjects: vec![subjects::DLQ_SUBJECTS.into()],

@@ -10,6 +10,7 @@ use async_nats::jetstream::{
 };
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use common::watch::{self, Mirror, Ready};
+use futures::TryFutureExt as _;
 use proto::subjects;
 use serde_json::{Value, json};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -35,6 +36,7 @@ pub struct App {
     ready: Ready,
     fanout_consumer: PullConsumer,
     deliver_consumer: PullConsumer,
+    replay_consumer: PullConsumer,
     listener: tokio::net::TcpListener,
     background: CancellationToken,
 }
@@ -92,17 +94,21 @@ impl App {
         let deliver_consumer = consumer(
             &js,
             subjects::DELIVERIES_STREAM,
-            pull::Config {
-                durable_name: Some(subjects::DELIVER_CONSUMER.into()),
-                description: Some("signed delivery of each task".into()),
-                ack_policy: AckPolicy::Explicit,
-                deliver_policy: DeliverPolicy::All,
-                ack_wait: settings.ack_wait,
-                max_ack_pending: 20_000,
-                // Unlimited: the attempt budget is counted in the task itself (see `deliver`).
-                max_deliver: -1,
-                ..Default::default()
-            },
+            deliver_config(
+                subjects::DELIVER_CONSUMER,
+                "signed delivery of each live task",
+                &settings,
+            ),
+        )
+        .await?;
+        let replay_consumer = consumer(
+            &js,
+            subjects::REPLAYS_STREAM,
+            deliver_config(
+                subjects::REPLAY_CONSUMER,
+                "signed delivery of replayed and redriven tasks",
+                &settings,
+            ),
         )
         .await?;
         Ok(App {
@@ -115,6 +121,7 @@ impl App {
             ready,
             fanout_consumer,
             deliver_consumer,
+            replay_consumer,
             listener,
             background,
         })
@@ -139,6 +146,7 @@ impl App {
             ready,
             fanout_consumer,
             deliver_consumer,
+            replay_consumer,
             listener,
             background,
         } = self;
@@ -191,30 +199,41 @@ impl App {
                 .await
         });
 
-        let loops = {
-            let t = token.clone();
-            let f = fanout::run(
-                fanout,
-                fanout_consumer,
-                settings.fanout_concurrency,
-                tracker.clone(),
-                t.clone(),
-            );
-            let d = deliver::run(
-                deliverer,
-                deliver_consumer,
-                settings.max_in_flight,
-                tracker.clone(),
-                t.clone(),
-            );
-            async move {
-                // A failing loop stops its sibling too.
-                let result =
-                    tokio::try_join!(async { f.await.inspect_err(|_| t.cancel()) }, async {
-                        d.await.inspect_err(|_| t.cancel())
-                    },);
-                result.map(|_| ())
+        // A failing loop cancels the token, which stops its siblings too.
+        let fail_fast = |t: CancellationToken| {
+            move |e: &anyhow::Error| {
+                tracing::error!(error = %e, "a dispatcher loop failed");
+                t.cancel();
             }
+        };
+        let loops = async {
+            tokio::try_join!(
+                fanout::run(
+                    fanout,
+                    fanout_consumer,
+                    settings.fanout_concurrency,
+                    tracker.clone(),
+                    token.clone()
+                )
+                .inspect_err(fail_fast(token.clone())),
+                deliver::run(
+                    deliverer.clone(),
+                    deliver_consumer,
+                    settings.max_in_flight,
+                    tracker.clone(),
+                    token.clone()
+                )
+                .inspect_err(fail_fast(token.clone())),
+                deliver::run(
+                    deliverer,
+                    replay_consumer,
+                    settings.replay_max_in_flight,
+                    tracker.clone(),
+                    token.clone()
+                )
+                .inspect_err(fail_fast(token.clone())),
+            )
+            .map(|_| ())
         };
         let result = loops.await;
         tracing::info!("draining: waiting for in-flight work");
@@ -231,6 +250,21 @@ impl App {
             tracing::warn!(error = %error, "nats drain failed");
         }
         result
+    }
+}
+
+/// A deliveries consumer: explicit acks, an ack wait longer than any attempt, and no
+/// `max_deliver`, because the attempt budget is counted in the task itself (see `deliver`).
+fn deliver_config(name: &str, description: &str, settings: &Settings) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.into()),
+        description: Some(description.into()),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: settings.ack_wait,
+        max_ack_pending: 20_000,
+        max_deliver: -1,
+        ..Default::default()
     }
 }
 

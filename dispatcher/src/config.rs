@@ -23,6 +23,9 @@ pub struct Settings {
     pub ack_wait: Duration,
     /// How long draining waits for in-flight deliveries (`WEBHOOKS_SHUTDOWN_GRACE`, 20 s).
     pub shutdown_grace: Duration,
+    /// Replayed and redriven deliveries in flight at once (`WEBHOOKS_REPLAY_MAX_IN_FLIGHT`, 64):
+    /// a lane of their own, so they never hold back live traffic.
+    pub replay_max_in_flight: usize,
     /// Deliveries in flight to one endpoint at once (`WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT`, 32).
     pub per_endpoint_in_flight: usize,
     /// Consecutive failures that open an endpoint's circuit (`WEBHOOKS_BREAKER_THRESHOLD`, 5).
@@ -47,6 +50,7 @@ impl Settings {
             fanout_concurrency: 64,
             ack_wait: Duration::from_secs(45),
             shutdown_grace: Duration::from_secs(20),
+            replay_max_in_flight: 64,
             per_endpoint_in_flight: 32,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(5),
@@ -64,6 +68,8 @@ impl Settings {
         s.max_in_flight = env.parse("WEBHOOKS_MAX_IN_FLIGHT", s.max_in_flight)?;
         s.fanout_concurrency = env.parse("WEBHOOKS_FANOUT_CONCURRENCY", s.fanout_concurrency)?;
         s.shutdown_grace = env.duration("WEBHOOKS_SHUTDOWN_GRACE", s.shutdown_grace)?;
+        s.replay_max_in_flight =
+            env.parse("WEBHOOKS_REPLAY_MAX_IN_FLIGHT", s.replay_max_in_flight)?;
         s.per_endpoint_in_flight = env.parse(
             "WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT",
             s.per_endpoint_in_flight,
@@ -89,6 +95,7 @@ impl Settings {
         if self.max_in_flight == 0
             || self.fanout_concurrency == 0
             || self.per_endpoint_in_flight == 0
+            || self.replay_max_in_flight == 0
         {
             return Err(ConfigError::Invalid {
                 name: "WEBHOOKS_MAX_IN_FLIGHT",

@@ -435,7 +435,7 @@ impl Deliverer {
         let publish = PublishMessage::build()
             .payload(next_task.encode_to_vec().into())
             .message_id(subjects::retry_msg_id(sequence));
-        let subject = subjects::delivery_subject(&task.tenant_id, &task.subscription_id);
+        let subject = subjects::task_subject(task.origin(), &task.tenant_id, &task.subscription_id);
         match self.publish(subject, publish).await {
             Ok(()) => ack(message, AckKind::Ack).await,
             Err(error) => {

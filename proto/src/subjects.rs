@@ -11,6 +11,11 @@ pub const EVENTS_SUBJECTS: &str = "webhooks.events.>";
 pub const DELIVERIES_STREAM: &str = "WEBHOOK_DELIVERIES";
 /// Subjects of the deliveries stream: `webhooks.deliveries.<tenant>.<subscription>`.
 pub const DELIVERIES_SUBJECTS: &str = "webhooks.deliveries.>";
+/// Work-queue stream of replayed and redriven delivery tasks: a lane of its own, with its own
+/// consumer and concurrency, so a replay of a million events never queues ahead of live ones.
+pub const REPLAYS_STREAM: &str = "WEBHOOK_REPLAYS";
+/// Subjects of the replays stream: `webhooks.replays.<tenant>.<subscription>`.
+pub const REPLAYS_SUBJECTS: &str = "webhooks.replays.>";
 /// Stream of dead letters: deliveries that never succeeded.
 pub const DLQ_STREAM: &str = "WEBHOOK_DLQ";
 /// Subjects of the dead-letter stream: `webhooks.dlq.<tenant>.<subscription>`.
@@ -24,6 +29,8 @@ pub const ATTEMPTS_SUBJECTS: &str = "webhooks.attempts.>";
 pub const FANOUT_CONSUMER: &str = "dispatcher-fanout";
 /// Durable pull consumer on the deliveries stream, shared by every dispatcher replica.
 pub const DELIVER_CONSUMER: &str = "dispatcher-deliver";
+/// Durable pull consumer on the replays stream, shared by every dispatcher replica.
+pub const REPLAY_CONSUMER: &str = "dispatcher-replay";
 
 /// KV bucket of subscriptions, keyed `<tenant>.<subscription id>`.
 pub const SUBSCRIPTIONS_BUCKET: &str = "webhooks_subscriptions";
@@ -63,6 +70,22 @@ pub fn tenant_events_filter(tenant: &str) -> String {
 /// `webhooks.deliveries.<tenant>.<subscription>`.
 pub fn delivery_subject(tenant: &str, subscription: &str) -> String {
     format!("webhooks.deliveries.{tenant}.{subscription}")
+}
+
+/// `webhooks.replays.<tenant>.<subscription>`.
+pub fn replay_subject(tenant: &str, subscription: &str) -> String {
+    format!("webhooks.replays.{tenant}.{subscription}")
+}
+
+/// Where a task of `origin` is queued: live tasks in the deliveries stream, replayed and
+/// redriven ones (and their retries) in the replays lane.
+pub fn task_subject(origin: crate::v1::DeliveryOrigin, tenant: &str, subscription: &str) -> String {
+    match origin {
+        crate::v1::DeliveryOrigin::Live => delivery_subject(tenant, subscription),
+        crate::v1::DeliveryOrigin::Replay | crate::v1::DeliveryOrigin::Redrive => {
+            replay_subject(tenant, subscription)
+        }
+    }
 }
 
 /// `webhooks.dlq.<tenant>.<subscription>`.

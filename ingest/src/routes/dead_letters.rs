@@ -182,7 +182,8 @@ async fn redrive_one(
     delivery.last_status_code = 0;
     delivery.last_error.clear();
     delivery.origin = DeliveryOrigin::Redrive as i32;
-    let subject = subjects::delivery_subject(tenant, &delivery.subscription_id);
+    let subject =
+        subjects::task_subject(DeliveryOrigin::Redrive, tenant, &delivery.subscription_id);
     let publish = Publish::build()
         .payload(delivery.encode_to_vec().into())
         .message_id(subjects::redrive_msg_id(sequence));

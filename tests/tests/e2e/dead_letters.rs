@@ -355,11 +355,12 @@ async fn a_redrive_queues_a_fresh_task_with_a_new_attempt_budget() {
 
     let stream = streams
         .js
-        .get_stream(subjects::DELIVERIES_STREAM)
+        .get_stream(subjects::REPLAYS_STREAM)
         .await
         .unwrap();
+    // Redriven tasks go to the replay lane, never ahead of live deliveries.
     let task = stream
-        .get_last_raw_message_by_subject(&subjects::delivery_subject("acme", "sub_q"))
+        .get_last_raw_message_by_subject(&subjects::replay_subject("acme", "sub_q"))
         .await
         .unwrap();
     assert_eq!(
