@@ -1,11 +1,14 @@
-//! The one end-to-end test binary: a real nats-server per test, both services in-process, real
-//! HTTP on loopback, and every signature checked by the independent `standardwebhooks` crate.
+//! The one end-to-end test binary: a real nats-server per test, both services in-process (or,
+//! for the fault tests, dispatchers as real processes: `procs`), real HTTP on loopback, and every
+//! signature checked by the independent `standardwebhooks` crate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod procs;
 
 mod dead_letters;
 mod delivery;
+mod faults;
 mod ingest_api;
 mod reliability;
 mod routing;
