@@ -4,6 +4,7 @@
 //! - [`config`]: the environment variables both binaries read (NATS, topology, URL rules).
 //! - [`nats`]: connecting, with credentials and connection-state logging.
 //! - [`topology`]: streams and KV buckets, created idempotently by whichever service starts first.
+//! - [`event_index`]: event id → stream sequence (a KV bucket), and reading one event by id.
 //! - [`pages`]: one page of a stream filtered by subject (dead letters, attempts), through an
 //!   ephemeral ordered consumer, so a page costs its size and not the stream's.
 //! - [`watch`]: a KV bucket mirrored into memory through a watch, so config changes reach every
@@ -14,6 +15,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT into a cancellation token.
 
 pub mod config;
+pub mod event_index;
 pub mod nats;
 pub mod pages;
 pub mod shutdown;

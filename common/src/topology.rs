@@ -22,6 +22,8 @@ pub struct Stores {
     pub subscriptions: kv::Store,
     pub api_keys: kv::Store,
     pub health: kv::Store,
+    /// Event id → stream sequence, for `GET /v1/events/{id}` and single-event replay.
+    pub event_index: kv::Store,
 }
 
 const GIB: i64 = 1024 * 1024 * 1024;
@@ -105,11 +107,37 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
     let subscriptions = bucket(js, subjects::SUBSCRIPTIONS_BUCKET, replicas).await?;
     let api_keys = bucket(js, subjects::API_KEYS_BUCKET, replicas).await?;
     let health = bucket(js, subjects::HEALTH_BUCKET, replicas).await?;
+    let event_index = event_index_bucket(js, s).await?;
     Ok(Stores {
         subscriptions,
         api_keys,
         health,
+        event_index,
     })
+}
+
+/// The event-id index: one small entry per event, expiring with the events (the same max age),
+/// capped at half the events stream's bytes (an entry is about a tenth of a typical event) and
+/// never under 64 MiB. Created or updated at every start, so a changed retention applies. A
+/// full bucket refuses new entries: the events are still accepted and listed in the feed, only
+/// their lookup by id fails (see `event_index`).
+async fn event_index_bucket(
+    js: &jetstream::Context,
+    s: &SharedSettings,
+) -> anyhow::Result<kv::Store> {
+    let config = kv::Config {
+        bucket: subjects::EVENT_INDEX_BUCKET.into(),
+        description: "event id -> sequence in the events stream".into(),
+        history: 1,
+        max_age: s.event_retention,
+        max_bytes: (s.events_max_bytes / 2).max(64 * 1024 * 1024),
+        storage: StorageType::File,
+        num_replicas: s.stream_replicas,
+        ..Default::default()
+    };
+    js.create_or_update_key_value(config)
+        .await
+        .with_context(|| format!("creating kv bucket {}", subjects::EVENT_INDEX_BUCKET))
 }
 
 async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow::Result<kv::Store> {

@@ -17,8 +17,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::Settings,
-    deliver::{self, Deliverer},
-    fanout::{self, Fanout},
+    deliver::Deliverer,
+    fanout::Fanout,
     gate::{Gate, GateConfig},
     health::Health,
     metrics::Metrics,
@@ -208,26 +208,37 @@ impl App {
         };
         let loops = async {
             tokio::try_join!(
-                fanout::run(
+                crate::pull::run(
                     fanout,
                     fanout_consumer,
                     settings.fanout_concurrency,
                     tracker.clone(),
-                    token.clone()
+                    token.clone(),
+                    "events"
                 )
                 .inspect_err(fail_fast(token.clone())),
-                deliver::run(
+                crate::pull::run(
                     deliverer.clone(),
                     deliver_consumer,
                     settings.max_in_flight,
                     tracker.clone(),
-                    token.clone()
+                    token.clone(),
+                    "deliveries"
                 )
                 .inspect_err(fail_fast(token.clone())),
-                deliver::run(
-                    deliverer,
+                crate::pull::run(
+                    deliverer.clone(),
                     replay_consumer,
                     settings.replay_max_in_flight,
+                    tracker.clone(),
+                    token.clone(),
+                    "replays"
+                )
+                .inspect_err(fail_fast(token.clone())),
+                crate::test_send::run(
+                    deliverer,
+                    client.clone(),
+                    settings.shared.links_base_url.clone(),
                     tracker.clone(),
                     token.clone()
                 )

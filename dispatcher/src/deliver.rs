@@ -20,14 +20,11 @@ use std::{
 };
 
 use async_nats::jetstream::{self, AckKind, message::PublishMessage};
-use futures::StreamExt as _;
 use prost::Message as _;
 use proto::{
     subjects::{self, http as headers},
     v1::{Attempt, DeadLetter, Delivery},
 };
-use tokio::sync::Semaphore;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
@@ -67,43 +64,13 @@ pub struct Tried {
     pub error: Option<String>,
     pub retry_after: Option<Duration>,
     pub latency: Duration,
+    /// The first bytes of the receiver's answer (empty when there was none).
+    pub body: bytes::Bytes,
 }
 
-/// Pulls deliveries until `token` is cancelled; in-flight ones finish on `tracker`.
-pub async fn run(
-    deliverer: Arc<Deliverer>,
-    consumer: jetstream::consumer::PullConsumer,
-    max_in_flight: usize,
-    tracker: TaskTracker,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(max_in_flight.min(1000))
-        .messages()
-        .await?;
-    loop {
-        let permit = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            permit = permits.clone().acquire_owned() => permit?,
-        };
-        let message = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::warn!(error = %error, "deliveries consumer error");
-                    continue;
-                }
-                None => anyhow::bail!("deliveries consumer stream ended"),
-            },
-        };
-        let deliverer = deliverer.clone();
-        tracker.spawn(async move {
-            deliverer.handle(message).await;
-            drop(permit);
-        });
+impl crate::pull::Handler for Deliverer {
+    fn handle(&self, message: jetstream::Message) -> impl std::future::Future<Output = ()> + Send {
+        Deliverer::handle(self, message)
     }
 }
 
@@ -332,6 +299,7 @@ impl Deliverer {
             error: Some(error),
             retry_after: None,
             latency: started.elapsed(),
+            body: bytes::Bytes::new(),
         };
         let url = match self.url_policy.check_syntax(&live.sub.url) {
             Ok(url) => url,
@@ -379,6 +347,7 @@ impl Deliverer {
                     error: (!ok).then(|| format!("receiver answered {}", response.status)),
                     retry_after,
                     latency: response.latency,
+                    body: response.body,
                 }
             }
             Err(error) => fail(describe(&error)),

@@ -8,14 +8,11 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, message::PublishMessage};
-use futures::StreamExt as _;
 use prost::Message as _;
 use proto::{
     envelope, subjects,
     v1::{Delivery, DeliveryOrigin, Event},
 };
-use tokio::sync::Semaphore;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::subscriptions::Index;
@@ -28,41 +25,9 @@ pub struct Fanout {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Pulls events until `token` is cancelled; in-flight fan-outs finish on `tracker`.
-pub async fn run(
-    fanout: Arc<Fanout>,
-    consumer: jetstream::consumer::PullConsumer,
-    concurrency: usize,
-    tracker: TaskTracker,
-    token: CancellationToken,
-) -> anyhow::Result<()> {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency.min(1000))
-        .messages()
-        .await?;
-    loop {
-        let permit = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            permit = permits.clone().acquire_owned() => permit?,
-        };
-        let message = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::warn!(error = %error, "events consumer error");
-                    continue;
-                }
-                None => anyhow::bail!("events consumer stream ended"),
-            },
-        };
-        let fanout = fanout.clone();
-        tracker.spawn(async move {
-            fanout.handle(message).await;
-            drop(permit);
-        });
+impl crate::pull::Handler for Fanout {
+    fn handle(&self, message: jetstream::Message) -> impl std::future::Future<Output = ()> + Send {
+        Fanout::handle(self, message)
     }
 }
 

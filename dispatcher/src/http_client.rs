@@ -95,3 +95,60 @@ impl reqwest::dns::Resolve for GuardedResolver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::{Router, http::StatusCode, routing::get};
+
+    async fn server(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    fn client() -> reqwest::Client {
+        let mut shared = common::config::SharedSettings::default();
+        shared.url_policy.allow_http = true;
+        shared.url_policy.allowed_private = vec!["127.0.0.0/8".parse().unwrap()];
+        build(&Settings::new(shared)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn at_most_64_kib_of_a_huge_answer_is_read() {
+        let base =
+            server(Router::new().route("/", get(|| async { vec![b'x'; 1024 * 1024] }))).await;
+        let response = send(client().get(&base)).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), MAX_RESPONSE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let router = Router::new()
+            .route(
+                "/",
+                get(|| async { (StatusCode::FOUND, [("location", "/elsewhere")]) }),
+            )
+            .route("/elsewhere", get(|| async { "followed" }));
+        let base = server(router).await;
+        let response = send(client().get(&base)).await.unwrap();
+        assert_eq!(response.status, 302);
+        assert!(response.body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_host_name_resolving_to_a_refused_address_is_not_connected() {
+        let base = server(Router::new().route("/", get(|| async { "reached" }))).await;
+        let strict = {
+            let mut shared = common::config::SharedSettings::default();
+            shared.url_policy.allow_http = true;
+            build(&Settings::new(shared)).unwrap()
+        };
+        let by_name = base.replace("127.0.0.1", "localhost");
+        let error = send(strict.get(&by_name)).await.unwrap_err();
+        assert!(format!("{error:?}").contains("PrivateAddress"), "{error:?}");
+    }
+}

@@ -5,6 +5,7 @@
 //! - [`config`]: `Settings`, checked at load (ack wait longer than the HTTP timeout).
 //! - [`app`]: `App::build` / `App::run`, the health endpoints, draining.
 //! - [`subscriptions`]: the in-memory index kept current by a KV watch; the matcher.
+//! - [`pull`]: the pull loop both consumers share (bounded, cancellable, hands back on stop).
 //! - [`fanout`]: events consumer → one delivery task per (event, subscription).
 //! - [`deliver`]: deliveries consumer → admit, sign, POST, record, then ack, retry or
 //!   dead-letter; why the attempt number travels in the task.
@@ -14,6 +15,7 @@
 //! - [`signing`]: Standard Webhooks signatures, several during a rotation.
 //! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http_client`]: the pooled client, no redirects, capped response reads.
+//! - [`test_send`]: answers test-send requests with one signed sample delivery, unrecorded.
 
 pub mod app;
 pub mod config;
@@ -23,9 +25,11 @@ pub mod gate;
 pub mod health;
 pub mod http_client;
 pub mod metrics;
+pub mod pull;
 pub mod retry;
 pub mod signing;
 pub mod subscriptions;
+pub mod test_send;
 
 pub use app::App;
 pub use config::Settings;

@@ -17,7 +17,7 @@ use common::{
 use proto::v1::{ApiKey, Subscription};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, routes};
+use crate::{config::Settings, nats_ingest::NatsIngest, routes};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -38,6 +38,7 @@ pub struct App {
     listener: tokio::net::TcpListener,
     state: AppState,
     background: CancellationToken,
+    nats_ingest: NatsIngest,
 }
 
 impl App {
@@ -66,6 +67,7 @@ impl App {
                 "kv mirrors did not catch up"
             );
         }
+        let nats_ingest = NatsIngest::subscribe(&client).await?;
         let state = AppState {
             settings: Arc::new(settings),
             client,
@@ -80,6 +82,7 @@ impl App {
             listener,
             state,
             background,
+            nats_ingest,
         })
     }
 
@@ -95,7 +98,11 @@ impl App {
             listener,
             state,
             background,
+            nats_ingest,
         } = self;
+        // Upstream NATS requests, answered until `token` is cancelled; in-flight ones finish.
+        let nats_token = token.child_token();
+        let nats_served = tokio::spawn(nats_ingest.serve(state.clone(), nats_token.clone()));
         let draining = state.draining.clone();
         let client = state.client.clone();
         let router = routes::router(state);
@@ -106,6 +113,11 @@ impl App {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        // Also when the server stopped on its own.
+        nats_token.cancel();
+        if let Err(error) = nats_served.await {
+            tracing::error!(error = %error, "nats ingest task failed");
+        }
         background.cancel();
         if let Err(error) = client.drain().await {
             tracing::warn!(error = %error, "nats drain failed");

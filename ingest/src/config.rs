@@ -4,6 +4,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use common::config::{ConfigError, Env, SharedSettings};
 
+/// Time a test send may take beyond the dispatchers' HTTP timeout (queueing, signing, reply).
+const TEST_SEND_MARGIN: Duration = Duration::from_secs(5);
+
 /// Everything ingest needs to start; built from the environment in `main`, in code in tests.
 #[derive(Clone)]
 pub struct Settings {
@@ -19,6 +22,9 @@ pub struct Settings {
     pub batch_max_events: usize,
     /// How long to wait for a PubAck before answering `503`.
     pub publish_timeout: Duration,
+    /// How long a test send may take before answering `503`: the dispatchers' HTTP timeout
+    /// (`WEBHOOKS_HTTP_TIMEOUT`, 15 s) plus a margin of 5 s.
+    pub test_send_timeout: Duration,
 }
 
 /// A secret string whose `Debug` never shows it.
@@ -61,6 +67,7 @@ impl Settings {
             batch_body_limit: 5 * 1024 * 1024,
             batch_max_events: 500,
             publish_timeout: Duration::from_secs(5),
+            test_send_timeout: Duration::from_secs(15) + TEST_SEND_MARGIN,
         }
     }
 
@@ -76,6 +83,8 @@ impl Settings {
         }
         let mut settings = Self::new(shared, Secret::new(token));
         settings.listen = env.parse("WEBHOOKS_LISTEN", settings.listen)?;
+        settings.test_send_timeout =
+            env.duration("WEBHOOKS_HTTP_TIMEOUT", Duration::from_secs(15))? + TEST_SEND_MARGIN;
         Ok(settings)
     }
 }

@@ -58,7 +58,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload Too Large"),
             Self::Invalid(_) => ("validation", "Validation Failed"),
             Self::Unavailable(_) => ("unavailable", "Service Unavailable"),
-            Self::Rejected { .. } => ("bad-request", "Bad Request"),
+            Self::Rejected { status, .. } => (
+                "bad-request",
+                status.canonical_reason().unwrap_or("Bad Request"),
+            ),
             Self::Internal(_) => ("internal", "Internal Server Error"),
         }
     }

@@ -7,6 +7,7 @@
 //!   drain on cancel); `AppState`, shared by the handlers.
 //! - [`routes`]: the HTTP API, one module per resource.
 //! - [`auth`]: API keys (hashed, revocable) and the admin token.
+//! - [`nats_ingest`]: upstream producers' protobuf requests on `webhooks.ingest.<tenant>`.
 //! - [`publisher`]: building the stored event and waiting for its PubAck.
 //! - [`error`]: `ApiError`, answered as problem+json.
 
@@ -14,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod nats_ingest;
 pub mod publisher;
 pub mod routes;
 

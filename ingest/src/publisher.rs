@@ -1,7 +1,8 @@
 //! Publishing an accepted event to JetStream and waiting for its PubAck.
 //!
 //! A `202` promises the event is stored, so nothing is answered before the PubAck. While the
-//! connection is down the answer is an immediate `503`, not a wait.
+//! connection is down the answer is an immediate `503`, not a wait. After the PubAck the event's
+//! id is indexed (`common::event_index`), also before answering.
 
 use async_nats::jetstream::message::PublishMessage as Publish;
 use prost::Message as _;
@@ -62,6 +63,21 @@ pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiErr
         .await
         .map_err(|_| ApiError::Unavailable(anyhow::anyhow!("timed out waiting for the pub ack")))?
         .map_err(ApiError::Unavailable)?;
+    // Index the id before answering, so `GET /v1/events/{id}` finds it right after the `202`.
+    // A duplicate's PubAck carries the original's sequence: writing it again repairs an entry
+    // lost when the first attempt timed out after storing. Best-effort: the event is stored.
+    if ack.sequence > 0 {
+        let indexed = common::event_index::record(
+            &state.stores.event_index,
+            &event.tenant_id,
+            &event.id,
+            ack.sequence,
+        )
+        .await;
+        if let Err(error) = indexed {
+            tracing::warn!(event_id = %event.id, sequence = ack.sequence, error = %format!("{error:#}"), "event stored but not indexed by id");
+        }
+    }
     Ok(Accepted {
         id: event.id.clone(),
         sequence: ack.sequence,

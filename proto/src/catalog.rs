@@ -295,6 +295,30 @@ pub fn type_pattern_is_valid(p: &str) -> bool {
         .is_some_and(|prefix| CATALOG.iter().any(|spec| spec.name.starts_with(prefix)))
 }
 
+/// Whether the subscription type pattern `pattern` (an exact name, `<prefix>.*` or `*`) selects
+/// an event of `event_type`: the same rule as the dispatcher's index, as one pure function.
+pub fn pattern_matches(pattern: &str, event_type: &str) -> bool {
+    if pattern == "*" || pattern == event_type {
+        return true;
+    }
+    pattern
+        .strip_suffix('*')
+        .filter(|prefix| prefix.len() > 1 && prefix.ends_with('.'))
+        .is_some_and(|prefix| event_type.starts_with(prefix))
+}
+
+/// Whether a subscription's filters (type patterns; agent ids, empty meaning every agent)
+/// select an event of `event_type` from `agent`.
+pub fn filters_match(
+    patterns: &[String],
+    agents: &[String],
+    event_type: &str,
+    agent: &str,
+) -> bool {
+    patterns.iter().any(|p| pattern_matches(p, event_type))
+        && (agents.is_empty() || agents.iter().any(|a| a == agent))
+}
+
 /// The JSON Schema (draft 2020-12) of a type's `data` object.
 ///
 /// The one rule a schema cannot state, `qa.scored`'s `max_score ≥ score`, is in the field's
@@ -414,6 +438,29 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn a_pattern_matches_its_exact_type_its_prefix_and_the_wildcard() {
+        assert!(pattern_matches("call.started", "call.started"));
+        assert!(pattern_matches("call.*", "call.started"));
+        assert!(pattern_matches("*", "qa.scored"));
+        assert!(!pattern_matches("call.started", "call.ended"));
+        assert!(!pattern_matches("call.*", "transcript.ready"));
+        assert!(!pattern_matches("cal*", "call.started"));
+        assert!(!pattern_matches(".*", "call.started"));
+        assert!(!pattern_matches("call.*", "callx.started"));
+    }
+
+    #[test]
+    fn filters_need_a_matching_type_and_an_agent_unless_the_agent_list_is_empty() {
+        let types = vec!["call.*".to_owned(), "qa.scored".to_owned()];
+        let agents = vec!["a1".to_owned()];
+        assert!(filters_match(&types, &[], "call.ended", "anyone"));
+        assert!(filters_match(&types, &agents, "qa.scored", "a1"));
+        assert!(!filters_match(&types, &agents, "qa.scored", "a2"));
+        assert!(!filters_match(&types, &agents, "intent.detected", "a1"));
+        assert!(!filters_match(&[], &[], "call.ended", "a1"));
+    }
 
     #[test]
     fn the_catalog_lists_the_ten_contract_types_in_order() {

@@ -39,9 +39,24 @@ pub const API_KEYS_BUCKET: &str = "webhooks_api_keys";
 /// KV bucket of failing subscriptions (`EndpointHealth`), keyed by subscription id; a key
 /// exists only while its subscription has failed since its last success.
 pub const HEALTH_BUCKET: &str = "webhooks_endpoint_health";
+/// KV bucket of the event-id index, keyed `<tenant>.<event id>`, valued with the event's
+/// sequence in the events stream (8 bytes, big-endian); entries expire with the events.
+pub const EVENT_INDEX_BUCKET: &str = "webhooks_event_index";
 
 /// Request subject prefix for upstream producers: `webhooks.ingest.<tenant>`.
 pub const INGEST_PREFIX: &str = "webhooks.ingest";
+/// Every upstream ingest subject, as ingest subscribes to it.
+pub const INGEST_SUBJECTS: &str = "webhooks.ingest.*";
+/// Queue group of the ingest replicas answering upstream producers, so exactly one answers.
+pub const INGEST_QUEUE: &str = "ingest";
+
+/// Request subject prefix of test sends, answered by one dispatcher (queue group
+/// [`TEST_SEND_QUEUE`]): `webhooks.test.<tenant>`.
+pub const TEST_SEND_PREFIX: &str = "webhooks.test";
+/// Every test-send subject, as a dispatcher subscribes to it.
+pub const TEST_SEND_SUBJECTS: &str = "webhooks.test.*";
+/// Queue group of the dispatchers answering test sends, so exactly one replica answers.
+pub const TEST_SEND_QUEUE: &str = "dispatcher-test-send";
 
 /// JetStream's idempotency header.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
@@ -65,6 +80,21 @@ pub fn event_subject(tenant: &str, agent: &str, event_type: &str) -> String {
 /// Every event of one tenant.
 pub fn tenant_events_filter(tenant: &str) -> String {
     format!("webhooks.events.{tenant}.>")
+}
+
+/// The events of one tenant, narrowed to one agent and/or one (dotted, two-token) type.
+pub fn events_filter(tenant: &str, agent: Option<&str>, event_type: Option<&str>) -> String {
+    match (agent, event_type) {
+        (None, None) => tenant_events_filter(tenant),
+        (Some(agent), None) => format!("webhooks.events.{tenant}.{agent}.>"),
+        (None, Some(event_type)) => format!("webhooks.events.{tenant}.*.{event_type}"),
+        (Some(agent), Some(event_type)) => event_subject(tenant, agent, event_type),
+    }
+}
+
+/// KV key of an event in the event-id index.
+pub fn event_index_key(tenant: &str, event_id: &str) -> String {
+    format!("{tenant}.{event_id}")
 }
 
 /// `webhooks.deliveries.<tenant>.<subscription>`.
@@ -103,6 +133,11 @@ pub fn ingest_subject(tenant: &str) -> String {
     format!("{INGEST_PREFIX}.{tenant}")
 }
 
+/// `webhooks.test.<tenant>`.
+pub fn test_send_subject(tenant: &str) -> String {
+    format!("{TEST_SEND_PREFIX}.{tenant}")
+}
+
 /// The idempotency id of an event in the events stream: scoped by tenant, so two tenants
 /// choosing the same event id never collide.
 pub fn event_msg_id(tenant: &str, event_id: &str) -> String {
@@ -125,6 +160,12 @@ pub fn retry_msg_id(sequence: u64) -> String {
 /// The idempotency id of a redriven dead letter.
 pub fn redrive_msg_id(dead_letter_sequence: u64) -> String {
     format!("redrive:{dead_letter_sequence}")
+}
+
+/// The idempotency id of a replayed delivery: unique per replay request (`request` is fresh
+/// for each call), so a replay is an explicit resend, yet one request never queues a pair twice.
+pub fn replay_msg_id(request: &str, event_id: &str, subscription: &str) -> String {
+    format!("replay:{request}:{event_id}:{subscription}")
 }
 
 /// A dead letter's public id: its sequence in the dead-letter stream.
@@ -151,6 +192,20 @@ mod tests {
         assert_eq!(
             event_subject("acme", "agent_1", "call.started"),
             "webhooks.events.acme.agent_1.call.started"
+        );
+    }
+
+    #[test]
+    fn feed_filters_narrow_by_agent_and_by_the_two_token_type() {
+        assert_eq!(events_filter("t", None, None), "webhooks.events.t.>");
+        assert_eq!(events_filter("t", Some("a"), None), "webhooks.events.t.a.>");
+        assert_eq!(
+            events_filter("t", None, Some("call.started")),
+            "webhooks.events.t.*.call.started"
+        );
+        assert_eq!(
+            events_filter("t", Some("a"), Some("call.started")),
+            event_subject("t", "a", "call.started")
         );
     }
 

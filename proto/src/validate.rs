@@ -190,6 +190,29 @@ pub fn validate_event(ev: &v1::Event) -> Vec<FieldError> {
     errors
 }
 
+/// Validates an event an upstream service sent over NATS ([`validate_event`]) and answers it as
+/// the same [`NewEvent`] the HTTP path produces, so both paths build the stored event alike.
+///
+/// An empty `id` reads as "none chosen"; `tenant_id` and `accepted_at` are the caller's to set.
+pub fn check_event(ev: v1::Event) -> Result<NewEvent, Vec<FieldError>> {
+    let errors = validate_event(&ev);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let Some(data) = ev.data else {
+        // Unreachable: `validate_event` reports absent data.
+        return Err(vec![FieldError::new("data", IS_REQUIRED)]);
+    };
+    Ok(NewEvent {
+        id: (!ev.id.is_empty()).then_some(ev.id),
+        event_type: type_name(&data).to_owned(),
+        agent_id: ev.agent_id,
+        call_id: ev.call_id,
+        occurred_at: ev.occurred_at,
+        data,
+    })
+}
+
 /// The dotted type name of typed data; the oneof is the authority on what an event is.
 pub fn type_name(data: &Data) -> &'static str {
     match data {
@@ -581,6 +604,40 @@ mod tests {
             assert_eq!(data_to_json(&event.data), example, "{}", spec.name);
             assert!(validate_event(&proto_event(spec.name, event.data)).is_empty());
         }
+    }
+
+    #[test]
+    fn a_checked_proto_event_reads_like_the_same_json_event() {
+        for spec in all() {
+            let from_json = parse_event(&body(spec.name, catalog::example(spec))).unwrap();
+            let from_proto = check_event(proto_event(spec.name, from_json.data.clone())).unwrap();
+            assert_eq!(from_proto, from_json, "{}", spec.name);
+        }
+        let mut with_id = proto_event(
+            "call.failed",
+            Data::CallFailed(v1::CallFailed {
+                failure_code: "sip_503".to_owned(),
+                message: "busy".to_owned(),
+            }),
+        );
+        with_id.id = "evt-42".to_owned();
+        assert_eq!(check_event(with_id).unwrap().id.as_deref(), Some("evt-42"));
+        let invalid = v1::Event {
+            agent_id: "agent.1".to_owned(),
+            ..proto_event(
+                "intent.detected",
+                Data::IntentDetected(v1::IntentDetected {
+                    intent: "refund".to_owned(),
+                    confidence: 1.5,
+                }),
+            )
+        };
+        let fields: Vec<String> = check_event(invalid)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["agent_id", "data.confidence"]);
     }
 
     #[test]

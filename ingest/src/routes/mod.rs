@@ -5,8 +5,13 @@ mod attempts;
 mod dead_letters;
 mod event_types;
 mod events;
+mod feed;
 mod health;
+mod replay;
 mod subscriptions;
+mod test_send;
+
+pub(crate) use admin::tenant_id_is_valid;
 
 use std::collections::HashMap;
 
@@ -28,7 +33,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route(
             "/v1/events",
-            post(events::create).layer(DefaultBodyLimit::max(settings.event_body_limit)),
+            post(events::create)
+                .layer(DefaultBodyLimit::max(settings.event_body_limit))
+                .get(feed::list),
         )
         .route(
             "/v1/events/batch",
@@ -47,10 +54,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/subscriptions/{id}/secret", get(subscriptions::secret))
         .route(
+            "/v1/subscriptions/{id}/secret/rotate",
+            post(subscriptions::rotate),
+        )
+        .route("/v1/subscriptions/{id}/test", post(test_send::send))
+        .route(
             "/v1/subscriptions/{id}/attempts",
             get(attempts::by_subscription),
         )
         .route("/v1/subscriptions/{id}/stats", get(attempts::stats))
+        .route("/v1/events/{id}", get(feed::get))
+        .route("/v1/events/{id}/replay", post(replay::event))
+        .route("/v1/subscriptions/{id}/replay", post(replay::subscription))
         .route("/v1/events/{id}/attempts", get(attempts::by_event))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive_all))

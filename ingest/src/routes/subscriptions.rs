@@ -353,7 +353,7 @@ pub async fn list(
     Ok(Json(json!({"data": data, "next_cursor": next})))
 }
 
-fn find(
+pub(super) fn find(
     state: &AppState,
     tenant: &str,
     id: &str,
@@ -388,15 +388,20 @@ pub async fn secret(
     Ok(Json(json!({"secret": current})))
 }
 
-/// Read, change and compare-and-set, retried when another writer got in between.
-pub async fn update(
-    Tenant(tenant): Tenant,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = json_body(body, state.settings.event_body_limit)?;
-    let key = subjects::subscription_key(&tenant, checked_id(&id)?);
+/// Reads the tenant's subscription `id`, lets `change` edit it and stores it with
+/// compare-and-set, starting over when another writer got in between. Answers what was stored,
+/// which this replica's mirror applies at once.
+async fn modify<F, Fut>(
+    state: &AppState,
+    tenant: &str,
+    id: &str,
+    mut change: F,
+) -> Result<Subscription, ApiError>
+where
+    F: FnMut(Subscription) -> Fut,
+    Fut: std::future::Future<Output = Result<Subscription, ApiError>>,
+{
+    let key = subjects::subscription_key(tenant, checked_id(id)?);
     let store = &state.stores.subscriptions;
     for _ in 0..5 {
         let entry = store
@@ -407,22 +412,21 @@ pub async fn update(
         if entry.operation != async_nats::jetstream::kv::Operation::Put {
             return Err(ApiError::NotFound);
         }
-        let mut sub =
+        let sub =
             Subscription::decode(entry.value.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
-        apply_fields(&state, &mut sub, &body, false).await?;
+        let mut sub = change(sub).await?;
         sub.updated_at = Some(proto::time::now());
         match store
             .update(&key, Bytes::from(sub.encode_to_vec()), entry.revision)
             .await
         {
             Ok(revision) => {
-                let out = view(&sub);
                 state.subscriptions.apply(Change::Put {
                     key,
                     revision,
-                    value: sub,
+                    value: sub.clone(),
                 });
-                return Ok(Json(out));
+                return Ok(sub);
             }
             Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
                 continue;
@@ -434,6 +438,129 @@ pub async fn update(
         status: StatusCode::CONFLICT,
         detail: "the subscription kept changing; try again".into(),
     })
+}
+
+/// Read, change and compare-and-set, retried when another writer got in between.
+pub async fn update(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body, state.settings.event_body_limit)?;
+    let (state_ref, body) = (&state, &body);
+    let sub = modify(state_ref, &tenant, &id, |mut sub| async move {
+        apply_fields(state_ref, &mut sub, body, false).await?;
+        Ok(sub)
+    })
+    .await?;
+    Ok(Json(view(&sub)))
+}
+
+/// The default grace period of a rotated-out secret: one day.
+const DEFAULT_GRACE_S: u64 = 24 * 3600;
+/// The longest grace period: seven days.
+const MAX_GRACE_S: u64 = 7 * 24 * 3600;
+/// Rotated-out secrets kept signing at once, at most; older ones are dropped, so a burst of
+/// rotations cannot grow every `webhook-signature` without bound.
+const MAX_OLD_SECRETS: usize = 4;
+
+/// A JSON body that may be absent (an empty body reads as `{}`).
+pub(super) fn optional_json_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    match body {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(json!({})),
+        other => json_body(other, limit),
+    }
+}
+
+/// `grace_period_s` of a rotation body.
+fn grace_period(body: &Value) -> Result<std::time::Duration, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::field("", "must be a JSON object"));
+    };
+    let mut errors: Vec<FieldError> = obj
+        .keys()
+        .filter(|k| *k != "grace_period_s")
+        .map(|k| FieldError {
+            field: k.clone(),
+            message: "unknown field".into(),
+        })
+        .collect();
+    let grace = match obj.get("grace_period_s") {
+        None | Some(Value::Null) => DEFAULT_GRACE_S,
+        Some(v) => match v.as_u64() {
+            Some(s) if s <= MAX_GRACE_S => s,
+            _ => {
+                errors.push(FieldError {
+                    field: "grace_period_s".into(),
+                    message: format!("must be an integer of seconds from 0 to {MAX_GRACE_S}"),
+                });
+                0
+            }
+        },
+    };
+    if errors.is_empty() {
+        Ok(std::time::Duration::from_secs(grace))
+    } else {
+        Err(ApiError::Invalid(errors))
+    }
+}
+
+/// Puts `new` first; the previous secrets sign alongside it for at most `grace` more (an
+/// existing shorter expiry stays), and those already expired, or all of them when `grace` is
+/// zero, are dropped.
+fn rotate_secrets(
+    secrets: &mut Vec<SigningSecret>,
+    new: String,
+    now: std::time::SystemTime,
+    grace: std::time::Duration,
+) {
+    let until = now + grace;
+    secrets.retain_mut(|s| {
+        let expires = s.expires_at.as_ref().map(proto::time::to_system);
+        if expires.is_none_or(|e| e > until) {
+            s.expires_at = Some(proto::time::from_system(until));
+        }
+        expires.map_or(until, |e| e.min(until)) > now
+    });
+    secrets.truncate(MAX_OLD_SECRETS);
+    secrets.insert(
+        0,
+        SigningSecret {
+            secret: new,
+            expires_at: None,
+        },
+    );
+}
+
+/// `POST /v1/subscriptions/{id}/secret/rotate`: a new current secret; the old one keeps
+/// signing for the grace period, so receivers can switch without missing a delivery.
+pub async fn rotate(
+    Tenant(tenant): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    // Unknown subscriptions answer 404 before the body is judged.
+    find(&state, &tenant, &id)?;
+    let body = optional_json_body(body, state.settings.event_body_limit)?;
+    let grace = grace_period(&body)?;
+    let secret = new_secret();
+    let new = &secret;
+    modify(&state, &tenant, &id, |mut sub| async move {
+        rotate_secrets(
+            &mut sub.secrets,
+            new.clone(),
+            std::time::SystemTime::now(),
+            grace,
+        );
+        Ok(sub)
+    })
+    .await?;
+    Ok(Json(json!({"secret": secret})))
 }
 
 pub async fn remove(
@@ -455,4 +582,79 @@ pub async fn remove(
         revision: u64::MAX,
     });
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn secret(name: &str, expires: Option<SystemTime>) -> SigningSecret {
+        SigningSecret {
+            secret: name.into(),
+            expires_at: expires.map(proto::time::from_system),
+        }
+    }
+
+    fn names(secrets: &[SigningSecret]) -> Vec<&str> {
+        secrets.iter().map(|s| s.secret.as_str()).collect()
+    }
+
+    #[test]
+    fn rotation_puts_the_new_secret_first_and_lets_the_old_one_expire_after_the_grace() {
+        let now = SystemTime::now();
+        let mut secrets = vec![secret("a", None)];
+        rotate_secrets(&mut secrets, "b".into(), now, Duration::from_secs(60));
+        assert_eq!(names(&secrets), ["b", "a"]);
+        assert_eq!(secrets[0].expires_at, None);
+        assert_eq!(
+            secrets[1].expires_at,
+            Some(proto::time::from_system(now + Duration::from_secs(60)))
+        );
+    }
+
+    #[test]
+    fn rotation_drops_expired_secrets_and_every_old_one_without_grace() {
+        let now = SystemTime::now();
+        let mut secrets = vec![
+            secret("b", None),
+            secret("a", Some(now - Duration::from_secs(1))),
+        ];
+        rotate_secrets(&mut secrets, "c".into(), now, Duration::from_secs(60));
+        assert_eq!(names(&secrets), ["c", "b"]);
+        rotate_secrets(&mut secrets, "d".into(), now, Duration::ZERO);
+        assert_eq!(names(&secrets), ["d"]);
+    }
+
+    #[test]
+    fn rotation_never_extends_an_expiry_and_keeps_a_bounded_number_of_old_secrets() {
+        let now = SystemTime::now();
+        let soon = now + Duration::from_secs(10);
+        let mut secrets = vec![secret("b", None), secret("a", Some(soon))];
+        rotate_secrets(&mut secrets, "c".into(), now, Duration::from_secs(3600));
+        assert_eq!(secrets[2].expires_at, Some(proto::time::from_system(soon)));
+        for n in 0..10 {
+            rotate_secrets(&mut secrets, format!("n{n}"), now, Duration::from_secs(60));
+        }
+        assert_eq!(secrets.len(), MAX_OLD_SECRETS + 1);
+        assert_eq!(secrets[0].secret, "n9");
+    }
+
+    #[test]
+    fn the_grace_period_is_bounded_and_defaults_to_a_day() {
+        assert_eq!(
+            grace_period(&json!({})).unwrap(),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            grace_period(&json!({"grace_period_s": 0})).unwrap(),
+            Duration::ZERO
+        );
+        for bad in [json!(-1), json!(604_801), json!("60"), json!(1.5)] {
+            assert!(grace_period(&json!({ "grace_period_s": bad })).is_err());
+        }
+        assert!(grace_period(&json!({"grace": 1})).is_err());
+    }
 }

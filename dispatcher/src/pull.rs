@@ -1,0 +1,67 @@
+//! The pull loop both consumers share: bounded concurrency, cancellation, and handing back
+//! what was pulled but not started when the loop stops.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// What a loop does with each message. The handler acks, naks or terminates it itself.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, message: jetstream::Message) -> impl Future<Output = ()> + Send;
+}
+
+/// How long a stopping loop keeps taking already-pulled messages to hand them back.
+const HAND_BACK_WINDOW: Duration = Duration::from_millis(250);
+
+/// Pulls until `token` is cancelled, running each message on `tracker` with at most
+/// `concurrency` at once. A permit is taken before a message is, so nothing waits in this
+/// process for a slot; on cancel, messages already pulled but not started are naked at once, so
+/// another replica takes them now rather than after the ack wait.
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
+    consumer: PullConsumer,
+    concurrency: usize,
+    tracker: TaskTracker,
+    token: CancellationToken,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency.min(1000))
+        .messages()
+        .await?;
+    loop {
+        let permit = tokio::select! {
+            _ = token.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit?,
+        };
+        let message = tokio::select! {
+            _ = token.cancelled() => break,
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, consumer = what, "consumer error");
+                    continue;
+                }
+                None => anyhow::bail!("{what} consumer stream ended"),
+            },
+        };
+        let handler = handler.clone();
+        tracker.spawn(async move {
+            handler.handle(message).await;
+            drop(permit);
+        });
+    }
+    let deadline = tokio::time::Instant::now() + HAND_BACK_WINDOW;
+    let mut handed_back = 0usize;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, messages.next()).await {
+        crate::fanout::ack(&message, AckKind::Nak(None)).await;
+        handed_back += 1;
+    }
+    tracing::info!(consumer = what, handed_back, "stopped pulling");
+    Ok(())
+}
