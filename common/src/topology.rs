@@ -86,6 +86,18 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             ..Default::default()
         },
         Config {
+            name: subjects::REJECTS_STREAM.into(),
+            description: Some("messages set aside: not what their subject promises".into()),
+            subjects: vec![subjects::REJECTS_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: GIB,
+            discard: DiscardPolicy::Old,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        Config {
             name: subjects::ATTEMPTS_STREAM.into(),
             description: Some("delivery attempt log".into()),
             subjects: vec![subjects::ATTEMPTS_SUBJECTS.into()],

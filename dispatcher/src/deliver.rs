@@ -106,11 +106,13 @@ impl Deliverer {
         let task = match Delivery::decode(message.payload.as_ref()) {
             Ok(task) => task,
             Err(error) => {
-                tracing::error!(subject = %message.subject, error = %error, "undecodable delivery set aside");
-                ack(&message, AckKind::Term).await;
-                return;
+                let reason = format!("not a protobuf Delivery: {error}");
+                return crate::rejects::set_aside(&self.js, "deliveries", &message, &reason).await;
             }
         };
+        if let Err(reason) = crate::rejects::check_delivery(&message.subject, &task) {
+            return crate::rejects::set_aside(&self.js, "deliveries", &message, &reason).await;
+        }
         let attempt = task.attempt.max(1);
         let previous = |error: &str| Death {
             reason: "system_error",
@@ -146,6 +148,10 @@ impl Deliverer {
                     .await;
             }
         };
+        if live.sub.tenant_id != task.tenant_id {
+            let reason = "subscription belongs to another tenant";
+            return crate::rejects::set_aside(&self.js, "deliveries", &message, reason).await;
+        }
         if !live.sub.enabled {
             if live.sub.disabled_reason.is_empty() {
                 // The owner disabled it: it receives nothing and queues nothing.

@@ -36,11 +36,13 @@ impl Fanout {
         let event = match Event::decode(message.payload.as_ref()) {
             Ok(event) => event,
             Err(error) => {
-                tracing::error!(subject = %message.subject, error = %error, "undecodable event set aside");
-                ack(&message, AckKind::Term).await;
-                return;
+                let reason = format!("not a protobuf Event: {error}");
+                return crate::rejects::set_aside(&self.js, "events", &message, &reason).await;
             }
         };
+        if let Err(reason) = crate::rejects::check_event(&message.subject, &event) {
+            return crate::rejects::set_aside(&self.js, "events", &message, &reason).await;
+        }
         let sequence = message
             .info()
             .map(|i| i.stream_sequence)

@@ -12,6 +12,7 @@
 //! - [`retry`]: `RetryPolicy`, the pure decision after an attempt.
 //! - [`gate`]: per-endpoint admission: in-flight bound, circuit breaker, rate limit.
 //! - [`health`]: failing-since tracking and automatic disabling.
+//! - [`rejects`]: setting aside messages that are not what their subject promises.
 //! - [`signing`]: Standard Webhooks signatures, several during a rotation.
 //! - [`metrics`]: the Prometheus metrics on `/metrics`.
 //! - [`http_client`]: the pooled client, no redirects, capped response reads.
@@ -26,6 +27,7 @@ pub mod health;
 pub mod http_client;
 pub mod metrics;
 pub mod pull;
+pub mod rejects;
 pub mod retry;
 pub mod signing;
 pub mod subscriptions;

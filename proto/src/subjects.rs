@@ -20,6 +20,16 @@ pub const REPLAYS_SUBJECTS: &str = "webhooks.replays.>";
 pub const DLQ_STREAM: &str = "WEBHOOK_DLQ";
 /// Subjects of the dead-letter stream: `webhooks.dlq.<tenant>.<subscription>`.
 pub const DLQ_SUBJECTS: &str = "webhooks.dlq.>";
+/// Stream of messages set aside because they are not what their subject promises (garbage
+/// bytes, a protobuf that decodes but contradicts its subject or fails validation): kept with
+/// the reason for inspection, never redelivered, never blocking a consumer.
+pub const REJECTS_STREAM: &str = "WEBHOOK_REJECTS";
+/// Subjects of the rejects stream: `webhooks.rejects.<source stream>`.
+pub const REJECTS_SUBJECTS: &str = "webhooks.rejects.>";
+/// Why a message was set aside.
+pub const HEADER_REJECT_REASON: &str = "Webhooks-Reject-Reason";
+/// The subject the message was set aside from.
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Webhooks-Original-Subject";
 /// Stream of delivery attempt records.
 pub const ATTEMPTS_STREAM: &str = "WEBHOOK_ATTEMPTS";
 /// Subjects of the attempts stream: `webhooks.attempts.<tenant>.<subscription>`.
@@ -116,6 +126,11 @@ pub fn task_subject(origin: crate::v1::DeliveryOrigin, tenant: &str, subscriptio
             replay_subject(tenant, subscription)
         }
     }
+}
+
+/// `webhooks.rejects.<source>`, e.g. `webhooks.rejects.events`.
+pub fn reject_subject(source: &str) -> String {
+    format!("webhooks.rejects.{source}")
 }
 
 /// `webhooks.dlq.<tenant>.<subscription>`.

@@ -10,6 +10,7 @@ mod dead_letters;
 mod delivery;
 mod faults;
 mod feed_replay;
+mod hostile_nats;
 mod ingest_api;
 mod nats_ingest;
 mod reliability;
