@@ -1059,3 +1059,93 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Any JSON value: nested objects and arrays of strings (with NULs and odd Unicode), numbers,
+    /// booleans and nulls.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_.]{0,12}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A body that is nearly valid: a real type and its example data with some of its own
+    /// fields replaced by arbitrary values or removed, sometimes joined by an unknown field.
+    fn near_valid() -> impl Strategy<Value = Value> {
+        let specs = crate::catalog::all();
+        (0..specs.len()).prop_flat_map(move |i| {
+            let spec = &specs[i];
+            let edit = (0..spec.fields.len(), proptest::option::of(any_json()));
+            let agent =
+                prop_oneof![3 => "[A-Za-z0-9_-]{1,64}".prop_map(Value::String), 1 => any_json()];
+            (
+                proptest::collection::vec(edit, 0..3),
+                agent,
+                proptest::option::weighted(0.2, "[a-z]{1,8}"),
+            )
+                .prop_map(move |(edits, agent, unknown)| {
+                    let mut data = crate::catalog::example(spec);
+                    for (f, value) in edits {
+                        let name = spec.fields[f].name;
+                        match (value, data.as_object_mut()) {
+                            (Some(v), _) => data[name] = v,
+                            (None, Some(obj)) => {
+                                obj.remove(name);
+                            }
+                            (None, None) => {}
+                        }
+                    }
+                    if let Some(extra) = unknown {
+                        data[format!("x_{extra}")] = json!(1);
+                    }
+                    json!({"type": spec.name, "agent_id": agent, "call_id": "c1", "data": data})
+                })
+        })
+    }
+
+    proptest! {
+        /// No input makes the validator panic, and a rejection always names at least one field.
+        #[test]
+        fn the_validator_never_panics_and_always_says_why(body in prop_oneof![any_json(), near_valid()]) {
+            if let Err(errors) = parse_event(&body) {
+                prop_assert!(!errors.is_empty());
+            }
+        }
+
+        /// What the validator accepts survives the trip through protobuf and back unchanged, and
+        /// the protobuf path (NATS) accepts it too.
+        #[test]
+        fn accepted_data_round_trips_and_both_paths_agree(body in near_valid()) {
+            if let Ok(new) = parse_event(&body) {
+                prop_assert_eq!(&data_to_json(&new.data), &body["data"]);
+                let event = v1::Event {
+                    id: "evt_1".into(),
+                    tenant_id: "t".into(),
+                    agent_id: new.agent_id.clone(),
+                    call_id: new.call_id.clone(),
+                    r#type: new.event_type.clone(),
+                    data: Some(new.data.clone()),
+                    ..Default::default()
+                };
+                prop_assert_eq!(validate_event(&event), Vec::<FieldError>::new());
+            }
+        }
+    }
+}
