@@ -51,6 +51,9 @@ export NATS_URL="nats://127.0.0.1:$NATS_PORT"
 export WEBHOOKS_ALLOW_HTTP=true
 export WEBHOOKS_ALLOW_PRIVATE_TARGETS=127.0.0.0/8
 export WEBHOOKS_ADMIN_TOKEN="$ADMIN_TOKEN"
+# Seals signing secrets at rest; a fresh one per run, as the store is fresh too (docs/security.md).
+WEBHOOKS_MASTER_KEY=${WEBHOOKS_MASTER_KEY:-$(python3 -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')}
+export WEBHOOKS_MASTER_KEY
 export RUST_LOG=${RUST_LOG:-info}
 
 if $SMOKE; then

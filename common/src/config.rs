@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::urls::UrlPolicy;
+use crate::{crypto::MasterKeys, urls::UrlPolicy};
 
 /// A setting that could not be parsed; the binary refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,10 @@ pub struct SharedSettings {
     pub links_base_url: String,
     /// `WEBHOOKS_ALLOW_HTTP` and `WEBHOOKS_ALLOW_PRIVATE_TARGETS`.
     pub url_policy: UrlPolicy,
+    /// `WEBHOOKS_MASTER_KEY` and `WEBHOOKS_MASTER_KEY_PREVIOUS`: seal signing secrets at rest.
+    /// `Debug` shows only key ids. The default is the public insecure dev key; `from_env` never
+    /// falls back to it outside dev mode (`WEBHOOKS_DEV_MODE=true`).
+    pub master_keys: MasterKeys,
 }
 
 impl Default for SharedSettings {
@@ -47,6 +51,7 @@ impl Default for SharedSettings {
             events_max_bytes: 8 * 1024 * 1024 * 1024,
             links_base_url: "https://api.open.example".into(),
             url_policy: UrlPolicy::default(),
+            master_keys: MasterKeys::insecure_dev(),
         }
     }
 }
@@ -76,6 +81,7 @@ impl SharedSettings {
                 allow_http: env.parse("WEBHOOKS_ALLOW_HTTP", false)?,
                 allowed_private: env.cidrs("WEBHOOKS_ALLOW_PRIVATE_TARGETS")?,
             },
+            master_keys: MasterKeys::from_env(env)?,
         })
     }
 }
@@ -172,9 +178,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    const KEY: (&str, &str) = (
+        "WEBHOOKS_MASTER_KEY",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    );
+
+    #[test]
+    fn a_master_key_is_required_outside_dev_mode() {
+        assert!(matches!(
+            SharedSettings::from_env(&Env::from_pairs(&[])),
+            Err(ConfigError::Missing {
+                name: "WEBHOOKS_MASTER_KEY"
+            })
+        ));
+        let dev =
+            SharedSettings::from_env(&Env::from_pairs(&[("WEBHOOKS_DEV_MODE", "true")])).unwrap();
+        assert!(dev.master_keys.is_insecure_dev());
+        let s = SharedSettings::from_env(&Env::from_pairs(&[KEY])).unwrap();
+        assert!(!s.master_keys.is_insecure_dev());
+        assert!(!format!("{s:?}").contains(KEY.1));
+    }
+
     #[test]
     fn defaults_match_the_contract() {
-        let s = SharedSettings::from_env(&Env::from_pairs(&[])).unwrap();
+        let s = SharedSettings::from_env(&Env::from_pairs(&[KEY])).unwrap();
         assert_eq!(s.nats_url, "nats://127.0.0.1:4222");
         assert_eq!(s.event_retention, Duration::from_secs(7 * 86400));
         assert_eq!(s.dedupe_window, Duration::from_secs(120));
@@ -188,18 +215,19 @@ mod tests {
             ("WEBHOOKS_DEDUPE_WINDOW", "30s"),
             ("WEBHOOKS_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8, 10.1.2.3"),
             ("WEBHOOKS_ALLOW_HTTP", "true"),
+            KEY,
         ]);
         let s = SharedSettings::from_env(&env).unwrap();
         assert_eq!(s.event_retention, Duration::from_secs(3 * 86400));
         assert_eq!(s.url_policy.allowed_private.len(), 2);
         assert!(s.url_policy.allow_http);
 
-        let bad = Env::from_pairs(&[("WEBHOOKS_STREAM_REPLICAS", "2")]);
+        let bad = Env::from_pairs(&[("WEBHOOKS_STREAM_REPLICAS", "2"), KEY]);
         assert!(matches!(
             SharedSettings::from_env(&bad),
             Err(ConfigError::Invalid { .. })
         ));
-        let bad = Env::from_pairs(&[("WEBHOOKS_EVENT_RETENTION", "forever")]);
+        let bad = Env::from_pairs(&[("WEBHOOKS_EVENT_RETENTION", "forever"), KEY]);
         assert!(matches!(
             SharedSettings::from_env(&bad),
             Err(ConfigError::Invalid { .. })

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the environment variables both binaries read (NATS, topology, URL rules).
+//! - [`crypto`]: sealing signing secrets at rest under the master key (XChaCha20-Poly1305),
+//!   with key rotation.
 //! - [`nats`]: connecting, with credentials and connection-state logging.
 //! - [`topology`]: streams and KV buckets, created idempotently by whichever service starts first.
 //! - [`event_index`]: event id → stream sequence (a KV bucket), and reading one event by id.
@@ -15,6 +17,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT into a cancellation token.
 
 pub mod config;
+pub mod crypto;
 pub mod event_index;
 pub mod nats;
 pub mod pages;

@@ -62,7 +62,7 @@ impl App {
         let js = jetstream::new(client.clone());
         let stores = common::topology::ensure(&js, &settings.shared).await?;
         let background = CancellationToken::new();
-        let index = Index::default();
+        let index = Index::new(settings.shared.master_keys.clone());
         let mut ready = watch::spawn(
             stores.subscriptions.clone(),
             index.clone(),

@@ -1,6 +1,6 @@
 //! `Settings` of the dispatcher: the shared variables plus delivery tuning.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use common::config::{ConfigError, Env, SharedSettings};
 
@@ -36,6 +36,9 @@ pub struct Settings {
     pub breaker_max_cooldown: Duration,
     /// Failing without a success this long disables a subscription (`WEBHOOKS_DISABLE_AFTER`, 5 d).
     pub disable_after: Duration,
+    /// `WEBHOOKS_EXTRA_CA_CERTS`: a PEM file of CA certificates trusted for receivers on top of
+    /// the built-in roots (Mozilla's, compiled in); unreadable or certificate-free refuses to start.
+    pub extra_ca_certs: Option<PathBuf>,
 }
 
 impl Settings {
@@ -56,6 +59,7 @@ impl Settings {
             breaker_cooldown: Duration::from_secs(5),
             breaker_max_cooldown: Duration::from_secs(300),
             disable_after: Duration::from_secs(5 * 24 * 3600),
+            extra_ca_certs: None,
         }
     }
 
@@ -79,6 +83,7 @@ impl Settings {
         s.breaker_max_cooldown =
             env.duration("WEBHOOKS_BREAKER_MAX_COOLDOWN", s.breaker_max_cooldown)?;
         s.disable_after = env.duration("WEBHOOKS_DISABLE_AFTER", s.disable_after)?;
+        s.extra_ca_certs = env.string("WEBHOOKS_EXTRA_CA_CERTS").map(PathBuf::from);
         s.ack_wait = s.http_timeout * 3;
         s.check()?;
         Ok(s)
@@ -101,6 +106,9 @@ impl Settings {
                 name: "WEBHOOKS_MAX_IN_FLIGHT",
                 message: "concurrency limits must be positive".into(),
             });
+        }
+        if let Some(path) = &self.extra_ca_certs {
+            crate::http_client::load_extra_ca_certs(path)?;
         }
         Ok(())
     }

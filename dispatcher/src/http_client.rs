@@ -1,5 +1,8 @@
 //! The outbound HTTP client: pooled keep-alive connections, connect and total timeouts, no
 //! redirects, and at most 64 KiB of any response read.
+//!
+//! TLS is rustls (reqwest's `rustls-tls` feature) trusting the Mozilla roots compiled in through
+//! `webpki-roots`, never the host's store, plus the CAs of `WEBHOOKS_EXTRA_CA_CERTS` if set.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,13 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// One client per process, so connections to a receiver are reused across deliveries.
 pub fn build(settings: &Settings) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &settings.extra_ca_certs {
+        for cert in load_extra_ca_certs(path)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.http_timeout)
@@ -24,6 +33,34 @@ pub fn build(settings: &Settings) -> anyhow::Result<reqwest::Client> {
             policy: settings.shared.url_policy.clone(),
         }))
         .build()?)
+}
+
+/// The CA certificates of a PEM file (`WEBHOOKS_EXTRA_CA_CERTS`), each checked to be usable
+/// as a trust anchor. An unreadable file, one without a certificate, or a malformed
+/// certificate is a [`ConfigError`], so the dispatcher refuses to start.
+pub fn load_extra_ca_certs(
+    path: &std::path::Path,
+) -> Result<Vec<reqwest::Certificate>, common::config::ConfigError> {
+    const NAME: &str = "WEBHOOKS_EXTRA_CA_CERTS";
+    let invalid = |message: String| common::config::ConfigError::Invalid {
+        name: NAME,
+        message: format!("{}: {message}", path.display()),
+    };
+    let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    // Adding a certificate to the root store parses it; do that now rather than at first use.
+    for (n, cert) in certs.iter().enumerate() {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert.clone())
+            .build()
+            .map_err(|e| invalid(format!("certificate {}: {e}", n + 1)))?;
+    }
+    Ok(certs)
 }
 
 /// What a receiver answered.
@@ -137,6 +174,49 @@ mod tests {
         let response = send(client().get(&base)).await.unwrap();
         assert_eq!(response.status, 302);
         assert!(response.body.is_empty());
+    }
+
+    #[test]
+    fn a_bad_extra_ca_file_refuses_to_start() {
+        let dir = std::env::temp_dir().join(format!("extra-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for path in [missing, empty, garbage] {
+            let mut settings = Settings::new(common::config::SharedSettings::default());
+            settings.extra_ca_certs = Some(path.clone());
+            let error = settings.check().unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    common::config::ConfigError::Invalid {
+                        name: "WEBHOOKS_EXTRA_CA_CERTS",
+                        ..
+                    }
+                ),
+                "{path:?}: {error}"
+            );
+            assert!(build(&settings).is_err(), "{path:?}");
+        }
+        let env = common::config::Env::from_pairs(&[
+            ("WEBHOOKS_DEV_MODE", "true"),
+            ("WEBHOOKS_EXTRA_CA_CERTS", "/nonexistent/ca.pem"),
+        ]);
+        assert!(matches!(
+            Settings::from_env(&env),
+            Err(common::config::ConfigError::Invalid {
+                name: "WEBHOOKS_EXTRA_CA_CERTS",
+                ..
+            })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -10,11 +10,14 @@
 //! ready to be redriven once it is enabled again.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
-use common::watch::{Change, Sink};
+use common::{
+    crypto::MasterKeys,
+    watch::{Change, Sink},
+};
 use proto::v1::Subscription;
 
 use crate::signing::Signer;
@@ -42,12 +45,17 @@ struct Inner {
     by_id: HashMap<String, (u64, Option<Arc<Live>>)>,
     /// tenant -> (type pattern, agent or "") -> enabled subscriptions.
     buckets: HashMap<String, HashMap<BucketKey, Vec<Arc<Live>>>>,
+    /// Ids whose signing secrets do not open or parse: they look unknown, so their deliveries
+    /// are retried and then dead-lettered rather than dropped as if deleted.
+    unusable: HashSet<String>,
 }
 
 /// The index, shared by the fan-out, the delivery loop and the KV watch.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Index {
     inner: Arc<RwLock<Inner>>,
+    /// Open the sealed signing secrets of each record.
+    keys: Arc<MasterKeys>,
 }
 
 fn bucket_keys(sub: &Subscription) -> Vec<BucketKey> {
@@ -89,6 +97,29 @@ impl Inner {
 }
 
 impl Index {
+    /// An empty index that opens signing secrets with `keys`.
+    pub fn new(keys: MasterKeys) -> Self {
+        Self {
+            inner: Arc::default(),
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// The prepared signer of `sub`: its secrets opened (never logged) and parsed.
+    fn signer(&self, sub: &Subscription) -> anyhow::Result<Signer> {
+        let opened = sub
+            .secrets
+            .iter()
+            .map(|s| {
+                let plaintext = self.keys.open_secret(&sub.id, s)?;
+                Ok((plaintext, s.expires_at.as_ref().map(|t| t.seconds)))
+            })
+            .collect::<Result<Vec<_>, common::crypto::CryptoError>>()?;
+        Ok(Signer::new(
+            opened.iter().map(|(s, expires)| (s.as_str(), *expires)),
+        )?)
+    }
+
     /// Applies one change from the watch (or a write of our own); older revisions are ignored.
     pub fn apply(&self, change: Change<Subscription>) {
         let (id, revision, sub) = match change {
@@ -102,25 +133,26 @@ impl Index {
                 None,
             ),
         };
+        let mut unusable = false;
         let live = match sub {
             None => None,
-            Some(sub) => {
-                let secrets = sub
-                    .secrets
-                    .iter()
-                    .map(|s| (s.secret.as_str(), s.expires_at.as_ref().map(|t| t.seconds)));
-                match Signer::new(secrets) {
-                    Ok(signer) => Some(Arc::new(Live { signer, sub })),
-                    Err(error) => {
-                        tracing::error!(subscription_id = %id, error = %error, "subscription with unusable secret ignored");
-                        None
-                    }
+            Some(sub) => match self.signer(&sub) {
+                Ok(signer) => Some(Arc::new(Live { signer, sub })),
+                Err(error) => {
+                    tracing::error!(subscription_id = %id, error = %error, "subscription with unusable secret ignored");
+                    unusable = true;
+                    None
                 }
-            }
+            },
         };
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if inner.by_id.get(&id).is_some_and(|(r, _)| *r >= revision) {
             return;
+        }
+        if unusable {
+            inner.unusable.insert(id.clone());
+        } else {
+            inner.unusable.remove(&id);
         }
         if let Some((_, Some(old))) = inner.by_id.get(&id).cloned() {
             inner.unregister(&old);
@@ -163,6 +195,7 @@ impl Index {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         match inner.by_id.get(id) {
             Some((_, Some(live))) => Lookup::Live(live.clone()),
+            Some((_, None)) if inner.unusable.contains(id) => Lookup::Unknown,
             Some((_, None)) => Lookup::Deleted,
             None => Lookup::Unknown,
         }
@@ -177,6 +210,7 @@ impl Sink<Subscription> for Index {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn sub(id: &str, tenant: &str, types: &[&str], agents: &[&str], enabled: bool) -> Subscription {
@@ -187,9 +221,10 @@ mod tests {
             event_types: types.iter().map(|s| (*s).to_owned()).collect(),
             agent_ids: agents.iter().map(|s| (*s).to_owned()).collect(),
             enabled,
+            // A legacy record's plaintext secret, still read.
             secrets: vec![proto::v1::SigningSecret {
                 secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-                expires_at: None,
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -211,7 +246,7 @@ mod tests {
 
     #[test]
     fn exact_prefix_and_wildcard_patterns_match() {
-        let index = Index::default();
+        let index = Index::new(MasterKeys::generate());
         put(&index, 1, sub("exact", "t", &["call.started"], &[], true));
         put(&index, 2, sub("prefix", "t", &["call.*"], &[], true));
         put(&index, 3, sub("all", "t", &["*"], &[], true));
@@ -229,7 +264,7 @@ mod tests {
 
     #[test]
     fn agent_filters_and_tenants_are_respected() {
-        let index = Index::default();
+        let index = Index::new(MasterKeys::generate());
         put(&index, 1, sub("a1-only", "t", &["*"], &["a1"], true));
         put(&index, 2, sub("other-tenant", "u", &["*"], &[], true));
         assert_eq!(ids(index.matches("t", "call.started", "a1")), ["a1-only"]);
@@ -238,7 +273,7 @@ mod tests {
 
     #[test]
     fn overlapping_patterns_match_once() {
-        let index = Index::default();
+        let index = Index::new(MasterKeys::generate());
         put(
             &index,
             1,
@@ -249,7 +284,7 @@ mod tests {
 
     #[test]
     fn edits_disables_and_deletes_take_effect_and_stale_revisions_do_not() {
-        let index = Index::default();
+        let index = Index::new(MasterKeys::generate());
         put(&index, 1, sub("s", "t", &["call.started"], &[], true));
         put(&index, 2, sub("s", "t", &["qa.scored"], &[], true));
         assert!(index.matches("t", "call.started", "a").is_empty());
@@ -274,5 +309,37 @@ mod tests {
         });
         assert!(matches!(index.get("s"), Lookup::Deleted));
         assert!(matches!(index.get("never"), Lookup::Unknown));
+    }
+
+    #[test]
+    fn sealed_secrets_open_and_unopenable_ones_leave_the_subscription_unknown_not_deleted() {
+        let keys = MasterKeys::generate();
+        let index = Index::new(keys.clone());
+        let mut s = sub("s", "t", &["*"], &[], true);
+        s.secrets = vec![keys.seal_secret("s", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", None)];
+        put(&index, 1, s.clone());
+        let Lookup::Live(live) = index.get("s") else {
+            panic!("sealed secret opens")
+        };
+        let legacy = Signer::new([("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", None)]).unwrap();
+        assert_eq!(live.signer.sign("m", 1, b"x"), legacy.sign("m", 1, b"x"));
+
+        // Sealed for another subscription (moved record) or under a key not configured here.
+        let mut moved = s.clone();
+        moved.secrets =
+            vec![keys.seal_secret("other", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", None)];
+        put(&index, 2, moved);
+        assert!(matches!(index.get("s"), Lookup::Unknown));
+        assert!(index.matches("t", "call.started", "a").is_empty());
+        let mut foreign = s.clone();
+        foreign.secrets = vec![MasterKeys::generate().seal_secret(
+            "s",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            None,
+        )];
+        put(&index, 3, foreign);
+        assert!(matches!(index.get("s"), Lookup::Unknown));
+        put(&index, 4, s);
+        assert!(matches!(index.get("s"), Lookup::Live(_)));
     }
 }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub mirrors_ready: [Ready; 2],
     /// Set when draining starts, so `/readyz` turns away new traffic first.
     pub draining: Arc<AtomicBool>,
+    /// Per-tenant event rate (`WEBHOOKS_TENANT_RATE_LIMIT`), in this replica.
+    pub rate_limit: Arc<crate::rate_limit::TenantRateLimit>,
 }
 
 /// A built, not yet serving, ingest service.
@@ -68,7 +70,11 @@ impl App {
             );
         }
         let nats_ingest = NatsIngest::subscribe(&client).await?;
+        let rate_limit = Arc::new(crate::rate_limit::TenantRateLimit::new(
+            settings.tenant_rate_limit,
+        ));
         let state = AppState {
+            rate_limit,
             settings: Arc::new(settings),
             client,
             js,

@@ -1,6 +1,6 @@
 //! `Settings` of the ingest service: the shared variables plus its own.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use common::config::{ConfigError, Env, SharedSettings};
 
@@ -25,6 +25,9 @@ pub struct Settings {
     /// How long a test send may take before answering `503`: the dispatchers' HTTP timeout
     /// (`WEBHOOKS_HTTP_TIMEOUT`, 15 s) plus a margin of 5 s.
     pub test_send_timeout: Duration,
+    /// Events per second per tenant, in bursts of as many (`WEBHOOKS_TENANT_RATE_LIMIT`,
+    /// 10,000); per replica, so N replicas admit up to N × this.
+    pub tenant_rate_limit: NonZeroU32,
 }
 
 /// A secret string whose `Debug` never shows it.
@@ -68,6 +71,7 @@ impl Settings {
             batch_max_events: 500,
             publish_timeout: Duration::from_secs(5),
             test_send_timeout: Duration::from_secs(15) + TEST_SEND_MARGIN,
+            tenant_rate_limit: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
         }
     }
 
@@ -83,6 +87,8 @@ impl Settings {
         }
         let mut settings = Self::new(shared, Secret::new(token));
         settings.listen = env.parse("WEBHOOKS_LISTEN", settings.listen)?;
+        settings.tenant_rate_limit =
+            env.parse("WEBHOOKS_TENANT_RATE_LIMIT", settings.tenant_rate_limit)?;
         settings.test_send_timeout =
             env.duration("WEBHOOKS_HTTP_TIMEOUT", Duration::from_secs(15))? + TEST_SEND_MARGIN;
         Ok(settings)

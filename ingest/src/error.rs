@@ -24,6 +24,10 @@ pub enum ApiError {
     Unavailable(#[source] anyhow::Error),
     #[error("{detail}")]
     Rejected { status: StatusCode, detail: String },
+    #[error(
+        "the tenant is over its rate of {per_second} events per second; retry in {retry_after} s"
+    )]
+    RateLimited { retry_after: u64, per_second: u32 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -46,6 +50,7 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected { status, .. } => *status,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +67,7 @@ impl ApiError {
                 "bad-request",
                 status.canonical_reason().unwrap_or("Bad Request"),
             ),
+            Self::RateLimited { .. } => ("rate-limited", "Too Many Requests"),
             Self::Internal(_) => ("internal", "Internal Server Error"),
         }
     }
@@ -108,7 +114,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        if let Self::RateLimited { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {

@@ -9,14 +9,19 @@
 //! - [`auth`]: API keys (hashed, revocable) and the admin token.
 //! - [`nats_ingest`]: upstream producers' protobuf requests on `webhooks.ingest.<tenant>`.
 //! - [`publisher`]: building the stored event and waiting for its PubAck.
+//! - [`rate_limit`]: the per-tenant event rate (`WEBHOOKS_TENANT_RATE_LIMIT`), per replica.
 //! - [`error`]: `ApiError`, answered as problem+json.
+//! - [`openapi`]: the OpenAPI document (`GET /openapi.json`), generated from the handlers'
+//!   annotations and the event catalog.
 
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod nats_ingest;
+pub mod openapi;
 pub mod publisher;
+pub mod rate_limit;
 pub mod routes;
 
 pub use app::App;

@@ -148,6 +148,7 @@ async fn ingest(
             "must match ^[a-z0-9][a-z0-9_-]{0,62}$",
         ));
     }
+    state.rate_limit.check(tenant, 1)?;
     if payload.is_empty() {
         return Err(bad_request(
             "the payload is empty; expected a protobuf webhooks.v1.Event",

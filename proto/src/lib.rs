@@ -21,4 +21,15 @@ pub mod validate;
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/webhooks.v1.rs"));
+
+    /// Never prints the secret: a legacy plaintext one shows as `***`, a sealed one as its length.
+    impl std::fmt::Debug for SigningSecret {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SigningSecret")
+                .field("secret", &if self.secret.is_empty() { "" } else { "***" })
+                .field("sealed", &format_args!("<{} bytes>", self.sealed.len()))
+                .field("expires_at", &self.expires_at)
+                .finish()
+        }
+    }
 }

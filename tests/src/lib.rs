@@ -8,14 +8,18 @@
 //!   statuses and records every request, and [`Received`], which checks signatures with the
 //!   independent `standardwebhooks` crate rather than our own signer.
 //! - [`wait`]: [`eventually`], bounded polling for conditions that become true asynchronously.
+//! - [`tls`]: [`TestCa`], a throwaway CA issuing receiver certificates, and the rustls listener
+//!   behind [`TestReceiver::start_tls`].
 //! - `src/bin/demo_receiver.rs`: a standalone verifying receiver for the README demo.
 
 pub mod nats;
 pub mod receiver;
+pub mod tls;
 pub mod wait;
 
 pub use nats::NatsServer;
 pub use receiver::{Received, TestReceiver};
+pub use tls::TestCa;
 pub use wait::eventually;
 
 use std::sync::Once;

@@ -80,6 +80,8 @@ struct Shared {
 /// the server down, so a later test cannot reach a stale endpoint.
 pub struct TestReceiver {
     addr: SocketAddr,
+    /// Served over TLS ([`TestReceiver::start_tls`]): the URL is `https://localhost:<port>`.
+    tls: bool,
     shared: Arc<Shared>,
     rx: Mutex<mpsc::UnboundedReceiver<Received>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -100,7 +102,19 @@ impl TestReceiver {
         script: Vec<u16>,
         delay: Duration,
     ) -> anyhow::Result<TestReceiver> {
-        Self::start_inner(script, delay, None).await
+        Self::start_inner(script, delay, None, None).await
+    }
+
+    /// Like start, but over HTTPS with the given PEM certificate chain and key (e.g. from
+    /// [`crate::tls::TestCa::localhost`]); [`TestReceiver::url`] is then
+    /// `https://localhost:<port>/hook`. A client that fails the handshake is never recorded.
+    pub async fn start_tls(
+        script: Vec<u16>,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<TestReceiver> {
+        let config = crate::tls::server_config(cert_pem, key_pem)?;
+        Self::start_inner(script, Duration::ZERO, None, Some(config)).await
     }
 
     /// Like start, but every 429 and 503 carries `Retry-After: <seconds>`.
@@ -108,13 +122,14 @@ impl TestReceiver {
         script: Vec<u16>,
         seconds: u64,
     ) -> anyhow::Result<TestReceiver> {
-        Self::start_inner(script, Duration::ZERO, Some(seconds)).await
+        Self::start_inner(script, Duration::ZERO, Some(seconds), None).await
     }
 
     async fn start_inner(
         script: Vec<u16>,
         delay: Duration,
         retry_after: Option<u64>,
+        tls: Option<tokio_rustls::rustls::ServerConfig>,
     ) -> anyhow::Result<TestReceiver> {
         let script = script
             .into_iter()
@@ -142,26 +157,48 @@ impl TestReceiver {
             .layer(DefaultBodyLimit::disable())
             .with_state(shared.clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                // Either an explicit signal or the sender being dropped means stop.
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "test receiver stopped with an error");
+        // Either an explicit signal or the sender being dropped means stop.
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let is_tls = tls.is_some();
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "test receiver stopped with an error");
+                    }
+                });
             }
-        });
+            Some(config) => {
+                let listener =
+                    crate::tls::TlsListener::new(listener, config).context("tls test receiver")?;
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "tls test receiver stopped with an error");
+                    }
+                });
+            }
+        }
         Ok(TestReceiver {
             addr,
+            tls: is_tls,
             shared,
             rx: Mutex::new(rx),
             shutdown: Some(shutdown),
         })
     }
 
-    /// The endpoint URL to subscribe; any path on this host is accepted.
+    /// The endpoint URL to subscribe; any path on this host is accepted. Over TLS the host is
+    /// `localhost`, the name the test certificates carry.
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        if self.tls {
+            format!("https://localhost:{}/hook", self.addr.port())
+        } else {
+            format!("http://{}/hook", self.addr)
+        }
     }
 
     /// The next request not yet taken, waiting up to `within`; None on timeout.
@@ -356,6 +393,33 @@ mod tests {
         receiver.answer_after_script(200)?;
         statuses.push(client.post(receiver.url()).send().await?.status().as_u16());
         assert_eq!(statuses, [500, 503, 200]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tls_receiver_answers_clients_that_trust_the_test_ca() -> anyhow::Result<()> {
+        let ca = crate::tls::TestCa::new()?;
+        let cert = ca.localhost()?;
+        let receiver = TestReceiver::start_tls(vec![201], &cert.cert_pem, &cert.key_pem).await?;
+        assert!(receiver.url().starts_with("https://localhost:"));
+        let stranger = reqwest::Client::builder().build()?;
+        let err = stranger
+            .post(receiver.url())
+            .send()
+            .await
+            .err()
+            .context("an untrusted certificate was accepted")?;
+        assert!(
+            format!("{err:?}").to_lowercase().contains("certificate"),
+            "{err:?}"
+        );
+        let pem = std::fs::read(ca.pem_path())?;
+        let trusting = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+            .build()?;
+        let response = trusting.post(receiver.url()).body("{}").send().await?;
+        assert_eq!(response.status().as_u16(), 201);
+        assert_eq!(receiver.count(), 1);
         Ok(())
     }
 

@@ -20,6 +20,24 @@ pub(crate) fn tenant_id_is_valid(id: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tenants/{tenant_id}/api-keys",
+    operation_id = "create_api_key",
+    tag = "admin",
+    params(
+        ("tenant_id" = String, Path, pattern = "^[a-z0-9][a-z0-9_-]{0,62}$", description = "The tenant (created implicitly)."),
+    ),
+    responses(
+        (status = 201, description = "The key, shown once.", body = crate::openapi::ApiKeyCreated),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn create_key(
     _admin: Admin,
     State(state): State<AppState>,
@@ -51,6 +69,23 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/api-keys/{id}",
+    operation_id = "revoke_api_key",
+    tag = "admin",
+    params(
+        ("id" = String, Path, pattern = "^key_[0-9A-Z]{26}$", description = "The key id."),
+    ),
+    responses(
+        (status = 204, description = "Revoked on every replica within seconds."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn revoke_key(
     _admin: Admin,
     State(state): State<AppState>,

@@ -88,6 +88,26 @@ fn decode(sequence: u64, payload: &[u8]) -> Option<Attempt> {
 }
 
 /// `GET /v1/subscriptions/{id}/attempts`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/attempts",
+    operation_id = "list_subscription_attempts",
+    tag = "attempts",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+        ("after" = Option<String>, Query, pattern = "^[0-9]{0,19}$", description = "The `next_cursor` of a previous page."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "The subscription's delivery attempts, oldest first.", body = crate::openapi::AttemptPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn by_subscription(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -131,6 +151,26 @@ fn event_start(event_id: &str) -> Start {
 
 /// `GET /v1/events/{id}/attempts`: scans the tenant's attempt log from the event's time, at
 /// most [`EVENT_SCAN_CAP`] records per call; `next_cursor` continues the scan.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}/attempts",
+    operation_id = "list_event_attempts",
+    tag = "attempts",
+    params(
+        ("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "An event id."),
+        ("after" = Option<String>, Query, pattern = "^[0-9]{0,19}$", description = "The `next_cursor` of a previous page."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "The event's delivery attempts, to every subscription.", body = crate::openapi::AttemptPage),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn by_event(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -191,6 +231,25 @@ fn percentile(sorted: &[u32], q: f64) -> u32 {
 
 /// `GET /v1/subscriptions/{id}/stats?window=24h`: counts by outcome and latency percentiles of
 /// the attempts in the window (at most [`STATS_SCAN_CAP`] of them; `truncated` says so).
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/stats",
+    operation_id = "subscription_stats",
+    tag = "attempts",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+        ("window" = Option<String>, Query, description = "A duration such as `1h` or `24h`, at most `7d` (default `24h`)."),
+    ),
+    responses(
+        (status = 200, description = "Counts by outcome and latency percentiles of the attempts in the window.", body = crate::openapi::SubscriptionStats),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn stats(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,

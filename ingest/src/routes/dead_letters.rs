@@ -79,6 +79,24 @@ async fn dlq(state: &AppState) -> Result<jetstream::stream::Stream<()>, ApiError
 }
 
 /// `GET /v1/dead-letters?subscription_id=&limit=&after=`.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    operation_id = "list_dead_letters",
+    tag = "dead-letters",
+    params(
+        ("subscription_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{0,64}$", description = "Only this subscription's (empty: every subscription)."),
+        ("after" = Option<String>, Query, pattern = "^(dl_[0-9]{1,19})?$", description = "The `next_cursor` of a previous page."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "The tenant's dead letters, oldest first.", body = crate::openapi::DeadLetterPage),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn list(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -150,6 +168,23 @@ async fn load(state: &AppState, tenant: &str, id: &str) -> Result<(u64, DeadLett
 }
 
 /// `GET /v1/dead-letters/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters/{id}",
+    operation_id = "get_dead_letter",
+    tag = "dead-letters",
+    params(
+        ("id" = String, Path, pattern = "^dl_[0-9]{1,19}$", description = "A dead-letter id."),
+    ),
+    responses(
+        (status = 200, description = "The dead letter.", body = crate::openapi::DeadLetter),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn get(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -212,6 +247,23 @@ async fn redrive_one(
 }
 
 /// `POST /v1/dead-letters/{id}/redrive` → `202 {"redriven": 1}`.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/{id}/redrive",
+    operation_id = "redrive_dead_letter",
+    tag = "dead-letters",
+    params(
+        ("id" = String, Path, pattern = "^dl_[0-9]{1,19}$", description = "A dead-letter id."),
+    ),
+    responses(
+        (status = 202, description = "Queued again with a fresh attempt budget.", body = crate::openapi::Redriven),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn redrive(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -228,6 +280,23 @@ pub async fn redrive(
 /// `POST /v1/dead-letters/redrive` body `{"subscription_id"}` → `202 {"redriven": n}`: every
 /// dead letter of the subscription that existed when the call began (deliveries dead-lettered
 /// again meanwhile, e.g. while the subscription is still disabled, wait for the next call).
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/redrive",
+    operation_id = "redrive_dead_letters",
+    tag = "dead-letters",
+    request_body(content = crate::openapi::RedriveAllRequest, content_type = "application/json", description = "The subscription."),
+    responses(
+        (status = 202, description = "Every dead letter of the subscription queued again.", body = crate::openapi::Redriven),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn redrive_all(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,

@@ -7,6 +7,17 @@ use serde_json::{Value, json};
 use crate::auth::Tenant;
 
 /// Like every `/v1` call, it needs an API key; the catalog is the same for every tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/event-types",
+    operation_id = "list_event_types",
+    tag = "events",
+    responses(
+        (status = 200, description = "Every event type with its JSON Schema and an example, in one page.", body = crate::openapi::EventTypeList),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn list(_tenant: Tenant) -> Json<Value> {
     let data: Vec<Value> = catalog::all()
         .iter()

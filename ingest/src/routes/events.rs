@@ -44,6 +44,26 @@ async fn accept(
     publisher::publish(state, &event).instrument(span).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    operation_id = "create_event",
+    tag = "events",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes the call idempotent like a producer-chosen `id` (used when the body has none)."),
+    ),
+    request_body(content = crate::openapi::EventInput, content_type = "application/json", description = "One event."),
+    responses(
+        (status = 202, description = "Durably stored (PubAck received), or a repeat of an id within the dedupe window (`duplicate: true`).", body = crate::openapi::Accepted),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn create(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -51,11 +71,29 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let body = json_body(body, state.settings.event_body_limit)?;
+    state.rate_limit.check(&tenant, 1)?;
     let key = idempotency_key(&headers)?;
     let accepted = accept(&state, &tenant, &body, key).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    operation_id = "create_events_batch",
+    tag = "events",
+    request_body(content = crate::openapi::BatchRequest, content_type = "application/json", description = "1 to 500 events, at most 5 MiB."),
+    responses(
+        (status = 200, description = "One result per input event, in order: accepted, or its problem.", body = crate::openapi::BatchResults),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn batch(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -78,6 +116,8 @@ pub async fn batch(
             format!("must hold 1 to {max} events"),
         ));
     }
+    // All of the batch's tokens or none: a 429 stores none of its events.
+    state.rate_limit.check(&tenant, items.len())?;
     // With no connection nothing can be stored: say so once, for the whole batch.
     if !common::nats::is_connected(&state.client) {
         return Err(ApiError::Unavailable(anyhow::anyhow!(

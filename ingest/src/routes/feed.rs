@@ -38,6 +38,23 @@ pub(super) async fn load(
 }
 
 /// `GET /v1/events/{id}` → the envelope, exactly as receivers get it.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    operation_id = "get_event",
+    tag = "events",
+    params(
+        ("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "An event id."),
+    ),
+    responses(
+        (status = 200, description = "The event's envelope, exactly as receivers get it.", body = crate::openapi::Envelope),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn get(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -58,6 +75,25 @@ fn invalid(field: &str, message: &str) -> FieldError {
 }
 
 /// `GET /v1/events?after=&limit=&type=&agent_id=` → `{"data":[envelope…],"next_cursor"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "list_events",
+    tag = "events",
+    params(
+        ("after" = Option<String>, Query, pattern = "^[0-9]{0,19}$", description = "The `next_cursor` of a previous page; absent or empty: from the oldest retained event."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)."),
+        ("type" = Option<crate::openapi::EventType>, Query, description = "Only events of this type."),
+        ("agent_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{0,64}$", description = "Only this agent's events (empty: every agent)."),
+    ),
+    responses(
+        (status = 200, description = "The tenant's events in acceptance order; always a `next_cursor`.", body = crate::openapi::EventPage),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn list(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,

@@ -1,15 +1,15 @@
 //! The HTTP API: one module per resource, plus the shared body and paging helpers.
 
-mod admin;
-mod attempts;
-mod dead_letters;
-mod event_types;
-mod events;
-mod feed;
-mod health;
-mod replay;
-mod subscriptions;
-mod test_send;
+pub(crate) mod admin;
+pub(crate) mod attempts;
+pub(crate) mod dead_letters;
+pub(crate) mod event_types;
+pub(crate) mod events;
+pub(crate) mod feed;
+pub(crate) mod health;
+pub(crate) mod replay;
+pub(crate) mod subscriptions;
+pub(crate) mod test_send;
 
 pub(crate) use admin::tenant_id_is_valid;
 
@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi_json))
         .route(
             "/v1/events",
             post(events::create)
@@ -84,7 +85,54 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(settings.event_body_limit))
+        .layer(axum::middleware::map_response(problem_for_plain_errors))
         .with_state(state)
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    responses((status = 200, description = "This document (OpenAPI 3.1).", body = Object)),
+)]
+pub(crate) async fn openapi_json() -> axum::response::Response {
+    crate::openapi::response()
+}
+
+/// Every error answer is problem+json: a rejection axum answers on its own (a path segment
+/// that is not valid UTF-8, say) comes as plain text, and is rewritten here with its status.
+async fn problem_for_plain_errors(response: axum::response::Response) -> axum::response::Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let detail = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let mut answer = axum::response::IntoResponse::into_response(ApiError::Rejected {
+        status,
+        detail: if detail.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            detail
+        },
+    });
+    // Keep what axum said besides the body, e.g. `Allow` on a 405.
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    answer
 }
 
 /// A JSON body, or the problem that says why it is not one.

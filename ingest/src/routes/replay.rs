@@ -137,6 +137,26 @@ fn ensure_enabled(sub: &Subscription, field: &str) -> Result<(), ApiError> {
 ///
 /// With `subscription_id`, to that subscription whatever its filters (an explicit resend);
 /// without, to every enabled subscription of the tenant whose filters select the event.
+#[utoipa::path(
+    post,
+    path = "/v1/events/{id}/replay",
+    operation_id = "replay_event",
+    tag = "events",
+    params(
+        ("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "An event id."),
+    ),
+    request_body(content = crate::openapi::EventReplayRequest, content_type = "application/json", description = "Optional; an empty body replays to every matching subscription."),
+    responses(
+        (status = 202, description = "Deliveries queued (with the original `webhook-id`).", body = crate::openapi::EventReplayed),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn event(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -273,6 +293,26 @@ fn parse_range(body: &Map<String, Value>) -> Result<Range, ApiError> {
 
 /// `POST /v1/subscriptions/{id}/replay` body `{"since","until"?,"event_types"?}` →
 /// `202 {"replayed": n, "truncated": bool, "next_since"?}`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/replay",
+    operation_id = "replay_subscription",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    request_body(content = crate::openapi::SubscriptionReplayRequest, content_type = "application/json", description = "The range of acceptance times, and optionally types."),
+    responses(
+        (status = 202, description = "Deliveries queued for the events accepted in the range.", body = crate::openapi::SubscriptionReplayed),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn subscription(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,

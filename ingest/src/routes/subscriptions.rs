@@ -294,6 +294,22 @@ fn kv_unavailable(e: impl Into<anyhow::Error>) -> ApiError {
     ApiError::Unavailable(e.into())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions",
+    operation_id = "create_subscription",
+    tag = "subscriptions",
+    request_body(content = crate::openapi::CreateSubscription, content_type = "application/json", description = "The endpoint and its filters."),
+    responses(
+        (status = 201, description = "Created; the secret is shown in this response (and at `GET …/secret`).", body = crate::openapi::CreatedSubscription),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn create(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -302,14 +318,18 @@ pub async fn create(
     let body = json_body(body, state.settings.event_body_limit)?;
     let now = proto::time::now();
     let secret = new_secret();
+    let id = format!("sub_{}", ulid::Ulid::new());
+    // Sealed under the master key: the bucket never holds the plaintext.
+    let sealed = state
+        .settings
+        .shared
+        .master_keys
+        .seal_secret(&id, &secret, None);
     let mut sub = Subscription {
-        id: format!("sub_{}", ulid::Ulid::new()),
+        id,
         tenant_id: tenant.to_string(),
         enabled: true,
-        secrets: vec![SigningSecret {
-            secret: secret.clone(),
-            expires_at: None,
-        }],
+        secrets: vec![sealed],
         created_at: Some(now),
         updated_at: Some(now),
         ..Default::default()
@@ -332,6 +352,22 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    operation_id = "list_subscriptions",
+    tag = "subscriptions",
+    params(
+        ("after" = Option<String>, Query, description = "The `next_cursor` of a previous page."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "The tenant's subscriptions.", body = crate::openapi::SubscriptionPage),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 422, response = crate::openapi::Unprocessable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn list(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -365,6 +401,22 @@ pub(super) fn find(
         .ok_or(ApiError::NotFound)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}",
+    operation_id = "get_subscription",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    responses(
+        (status = 200, description = "The subscription.", body = crate::openapi::Subscription),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn get(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -374,18 +426,70 @@ pub async fn get(
     Ok(Json(view(&sub)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{id}/secret",
+    operation_id = "get_subscription_secret",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    responses(
+        (status = 200, description = "The current signing secret.", body = crate::openapi::SigningSecret),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn secret(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let sub = find(&state, &tenant, &id)?;
-    let current = sub
-        .secrets
-        .first()
-        .map(|s| s.secret.clone())
-        .unwrap_or_default();
-    Ok(Json(json!({"secret": current})))
+    let current = match sub.secrets.first() {
+        Some(s) => open_secret(&state, &sub.id, s)?,
+        None => Default::default(),
+    };
+    Ok(Json(json!({"secret": current.as_str()})))
+}
+
+/// The plaintext of one of the subscription's signing secrets. One that does not open (sealed
+/// under a master key no longer configured, or damaged) is a `500` whose cause is logged, never
+/// the secret.
+fn open_secret(
+    state: &AppState,
+    subscription_id: &str,
+    secret: &SigningSecret,
+) -> Result<common::crypto::Zeroizing<String>, ApiError> {
+    state
+        .settings
+        .shared
+        .master_keys
+        .open_secret(subscription_id, secret)
+        .map_err(|e| {
+            ApiError::Internal(
+                anyhow::Error::new(e)
+                    .context(format!("opening a signing secret of {subscription_id}")),
+            )
+        })
+}
+
+/// Seals every signing secret of `sub` under the current master key: legacy plaintext ones and
+/// those sealed under a previous key. One that does not open stays as it is (and is logged), so
+/// the write still goes through; a rotation without grace drops it.
+fn reseal_secrets(state: &AppState, sub: &mut Subscription) {
+    let keys = &state.settings.shared.master_keys;
+    for secret in &mut sub.secrets {
+        if let Err(error) = keys.reseal_secret(&sub.id, secret) {
+            tracing::warn!(
+                subscription_id = %sub.id,
+                %error,
+                "a signing secret does not open with the configured master keys; left as it is"
+            );
+        }
+    }
 }
 
 /// Reads the tenant's subscription `id`, lets `change` edit it and stores it with
@@ -415,6 +519,7 @@ where
         let sub =
             Subscription::decode(entry.value.as_ref()).map_err(|e| ApiError::Internal(e.into()))?;
         let mut sub = change(sub).await?;
+        reseal_secrets(state, &mut sub);
         sub.updated_at = Some(proto::time::now());
         match store
             .update(&key, Bytes::from(sub.encode_to_vec()), entry.revision)
@@ -441,6 +546,27 @@ where
 }
 
 /// Read, change and compare-and-set, retried when another writer got in between.
+#[utoipa::path(
+    patch,
+    path = "/v1/subscriptions/{id}",
+    operation_id = "update_subscription",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    request_body(content = crate::openapi::UpdateSubscription, content_type = "application/json", description = "The fields to change."),
+    responses(
+        (status = 200, description = "The changed subscription.", body = crate::openapi::Subscription),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn update(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -514,7 +640,7 @@ fn grace_period(body: &Value) -> Result<std::time::Duration, ApiError> {
 /// zero, are dropped.
 fn rotate_secrets(
     secrets: &mut Vec<SigningSecret>,
-    new: String,
+    new: SigningSecret,
     now: std::time::SystemTime,
     grace: std::time::Duration,
 ) {
@@ -527,17 +653,32 @@ fn rotate_secrets(
         expires.map_or(until, |e| e.min(until)) > now
     });
     secrets.truncate(MAX_OLD_SECRETS);
-    secrets.insert(
-        0,
-        SigningSecret {
-            secret: new,
-            expires_at: None,
-        },
-    );
+    secrets.insert(0, new);
 }
 
 /// `POST /v1/subscriptions/{id}/secret/rotate`: a new current secret; the old one keeps
 /// signing for the grace period, so receivers can switch without missing a delivery.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/secret/rotate",
+    operation_id = "rotate_subscription_secret",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    request_body(content = crate::openapi::RotateRequest, content_type = "application/json", description = "Optional."),
+    responses(
+        (status = 200, description = "The new secret; the old one keeps signing for the grace period.", body = crate::openapi::SigningSecret),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn rotate(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -549,11 +690,12 @@ pub async fn rotate(
     let body = optional_json_body(body, state.settings.event_body_limit)?;
     let grace = grace_period(&body)?;
     let secret = new_secret();
-    let new = &secret;
+    let (new, keys) = (&secret, &state.settings.shared.master_keys);
     modify(&state, &tenant, &id, |mut sub| async move {
+        let sealed = keys.seal_secret(&sub.id, new, None);
         rotate_secrets(
             &mut sub.secrets,
-            new.clone(),
+            sealed,
             std::time::SystemTime::now(),
             grace,
         );
@@ -563,6 +705,23 @@ pub async fn rotate(
     Ok(Json(json!({"secret": secret})))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{id}",
+    operation_id = "delete_subscription",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn remove(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,
@@ -595,6 +754,7 @@ mod tests {
         SigningSecret {
             secret: name.into(),
             expires_at: expires.map(proto::time::from_system),
+            ..Default::default()
         }
     }
 
@@ -606,7 +766,12 @@ mod tests {
     fn rotation_puts_the_new_secret_first_and_lets_the_old_one_expire_after_the_grace() {
         let now = SystemTime::now();
         let mut secrets = vec![secret("a", None)];
-        rotate_secrets(&mut secrets, "b".into(), now, Duration::from_secs(60));
+        rotate_secrets(
+            &mut secrets,
+            secret("b", None),
+            now,
+            Duration::from_secs(60),
+        );
         assert_eq!(names(&secrets), ["b", "a"]);
         assert_eq!(secrets[0].expires_at, None);
         assert_eq!(
@@ -622,9 +787,14 @@ mod tests {
             secret("b", None),
             secret("a", Some(now - Duration::from_secs(1))),
         ];
-        rotate_secrets(&mut secrets, "c".into(), now, Duration::from_secs(60));
+        rotate_secrets(
+            &mut secrets,
+            secret("c", None),
+            now,
+            Duration::from_secs(60),
+        );
         assert_eq!(names(&secrets), ["c", "b"]);
-        rotate_secrets(&mut secrets, "d".into(), now, Duration::ZERO);
+        rotate_secrets(&mut secrets, secret("d", None), now, Duration::ZERO);
         assert_eq!(names(&secrets), ["d"]);
     }
 
@@ -633,10 +803,20 @@ mod tests {
         let now = SystemTime::now();
         let soon = now + Duration::from_secs(10);
         let mut secrets = vec![secret("b", None), secret("a", Some(soon))];
-        rotate_secrets(&mut secrets, "c".into(), now, Duration::from_secs(3600));
+        rotate_secrets(
+            &mut secrets,
+            secret("c", None),
+            now,
+            Duration::from_secs(3600),
+        );
         assert_eq!(secrets[2].expires_at, Some(proto::time::from_system(soon)));
         for n in 0..10 {
-            rotate_secrets(&mut secrets, format!("n{n}"), now, Duration::from_secs(60));
+            rotate_secrets(
+                &mut secrets,
+                secret(&format!("n{n}"), None),
+                now,
+                Duration::from_secs(60),
+            );
         }
         assert_eq!(secrets.len(), MAX_OLD_SECRETS + 1);
         assert_eq!(secrets[0].secret, "n9");

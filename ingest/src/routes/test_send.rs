@@ -67,6 +67,26 @@ fn view(reply: &TestSendReply) -> Value {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/test",
+    operation_id = "test_subscription",
+    tag = "subscriptions",
+    params(
+        ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
+    ),
+    request_body(content = crate::openapi::TestSendRequest, content_type = "application/json", description = "Optional."),
+    responses(
+        (status = 200, description = "A signed sample event was sent now; what the endpoint answered.", body = crate::openapi::TestSendResult),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 422, response = crate::openapi::Unprocessable),
+        (status = 503, response = crate::openapi::Unavailable),
+    ),
+    security(("tenant_key" = [])),
+)]
 pub async fn send(
     Tenant(tenant): Tenant,
     State(state): State<AppState>,

@@ -1,8 +1,12 @@
 //! Spawning the whole system in-process against a real nats-server, and a small API client.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
-use common::config::SharedSettings;
+use base64::Engine as _;
+use common::{
+    config::SharedSettings,
+    crypto::{Key, MasterKeys},
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use testkit::NatsServer;
@@ -11,10 +15,34 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// Settings every test service shares: the test NATS, http and loopback allowed.
+/// The master key of this test process: random, made once, shared by every service a test
+/// starts, in-process or as a child process (`WEBHOOKS_MASTER_KEY`), so they open each other's
+/// sealed secrets.
+fn master_key_bytes() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        bytes
+    })
+}
+
+/// The test master key as `WEBHOOKS_MASTER_KEY` spells it.
+pub fn master_key_base64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(master_key_bytes())
+}
+
+/// The test master keys: the shared random key, no previous ones.
+pub fn master_keys() -> MasterKeys {
+    MasterKeys::new(Key::from_bytes(master_key_bytes()), Vec::new())
+}
+
+/// Settings every test service shares: the test NATS, http and loopback allowed, the test
+/// master key.
 pub fn shared(nats: &NatsServer) -> SharedSettings {
     let mut s = SharedSettings {
         nats_url: nats.url(),
+        master_keys: master_keys(),
         ..Default::default()
     };
     s.url_policy.allow_http = true;

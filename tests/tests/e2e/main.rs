@@ -15,4 +15,6 @@ mod ingest_api;
 mod nats_ingest;
 mod reliability;
 mod routing;
+mod secrets_at_rest;
+mod security;
 mod self_service;

@@ -78,6 +78,26 @@ impl Proc {
         Proc::start("dispatcher", nats, addr, &all).await
     }
 
+    /// Starts an `ingest` against `nats` (admin token [`ADMIN_TOKEN`](crate::helpers::ADMIN_TOKEN),
+    /// listening on a free loopback port) and waits until it is ready. `env` is applied last.
+    pub async fn ingest(nats: &NatsServer, env: &[(&str, &str)]) -> Proc {
+        let addr = free_addr();
+        let mut all = vec![
+            ("WEBHOOKS_LISTEN", addr.to_string()),
+            (
+                "WEBHOOKS_ADMIN_TOKEN",
+                crate::helpers::ADMIN_TOKEN.to_owned(),
+            ),
+        ];
+        all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        Proc::start("ingest", nats, addr, &all).await
+    }
+
+    /// The address it serves HTTP on (the API for ingest, `/metrics` for a dispatcher).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     async fn start(
         name: &str,
         nats: &NatsServer,
@@ -98,6 +118,7 @@ impl Proc {
             .env("WEBHOOKS_ALLOW_HTTP", "true")
             .env("WEBHOOKS_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8")
             .env("WEBHOOKS_EVENTS_MAX_BYTES", (256 * 1024 * 1024).to_string())
+            .env("WEBHOOKS_MASTER_KEY", crate::helpers::master_key_base64())
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .envs(env.iter().map(|(k, v)| (k, v)))
