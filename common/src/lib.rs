@@ -13,7 +13,8 @@
 //!   replica without a restart.
 //! - [`urls`]: the rules a target URL must pass (scheme, SSRF guard); checked on create by
 //!   `ingest` and again on every delivery by `dispatcher`.
-//! - [`telemetry`]: tracing setup.
+//! - [`telemetry`]: logs and OpenTelemetry traces (OTLP export configured by `OTEL_*`).
+//! - [`trace_context`]: W3C trace context in NATS and HTTP headers, joining one event's spans.
 //! - [`shutdown`]: SIGTERM/SIGINT into a cancellation token.
 
 pub mod config;
@@ -24,5 +25,6 @@ pub mod pages;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod trace_context;
 pub mod urls;
 pub mod watch;

@@ -44,6 +44,7 @@ pub struct App {
 #[derive(Clone)]
 struct Probe {
     metrics: Arc<Metrics>,
+    deliverer: Arc<Deliverer>,
     client: async_nats::Client,
     js: jetstream::Context,
     ready: Ready,
@@ -180,8 +181,18 @@ impl App {
             ack_wait: settings.ack_wait,
             metrics: metrics.clone(),
         });
+        tokio::spawn(poll_consumers(
+            [
+                (subjects::FANOUT_CONSUMER, fanout_consumer.clone()),
+                (subjects::DELIVER_CONSUMER, deliver_consumer.clone()),
+                (subjects::REPLAY_CONSUMER, replay_consumer.clone()),
+            ],
+            metrics.clone(),
+            background.clone(),
+        ));
         let health = Probe {
             metrics,
+            deliverer: deliverer.clone(),
             client: client.clone(),
             js,
             ready,
@@ -299,7 +310,37 @@ async fn consumer(
     }
 }
 
+/// How often the consumers' lag is read into the metrics.
+const CONSUMER_POLL: Duration = Duration::from_secs(5);
+
+/// Reads each durable consumer's info (pending, ack pending, redelivered) into the metrics,
+/// at once and then every [`CONSUMER_POLL`], until `token` is cancelled.
+async fn poll_consumers(
+    consumers: [(&'static str, PullConsumer); 3],
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(CONSUMER_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        for (name, consumer) in &consumers {
+            match consumer.get_info().await {
+                Ok(info) => metrics.consumer(name, &info),
+                Err(error) => {
+                    tracing::debug!(consumer = name, error = %error, "consumer info not read")
+                }
+            }
+        }
+    }
+}
+
 async fn render_metrics(State(h): State<Probe>) -> impl axum::response::IntoResponse {
+    let (open, half_open) = h.deliverer.gate.circuit_counts();
+    h.metrics.circuits(open, half_open);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -191,17 +191,32 @@ impl Deliverer {
 
         let span = tracing::info_span!(
             "dispatch.deliver",
+            otel.kind = "client",
             event_id = %task.event_id,
+            event_type = %task.event_type,
+            tenant = %task.tenant_id,
             subscription_id = %task.subscription_id,
             attempt,
             status = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        // The fan-out's span, from the task's `traceparent` (a retry keeps the first one's),
+        // so every attempt of an event joins the event's trace.
+        common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
+        self.metrics.in_flight.inc();
         let tried = self
             .attempt_with_progress(&message, &live, &task, attempt)
             .instrument(span.clone())
             .await;
+        self.metrics.in_flight.dec();
+        self.metrics
+            .attempt_duration
+            .observe(tried.latency.as_secs_f64());
         if let Some(status) = tried.status {
             span.record("status", status);
+            span.record("http.response.status_code", status);
         }
         self.record_attempt(&task, attempt, &tried).await;
         let class = retry::classify(tried.status);
@@ -214,6 +229,10 @@ impl Deliverer {
             .attempts
             .get_or_create(&crate::metrics::Outcome { outcome })
             .inc();
+        span.record("outcome", outcome);
+        if class != Class::Success {
+            span.record("otel.status_code", "error");
+        }
         admission.finish(class == Class::Retryable);
 
         let mut decision =
@@ -237,6 +256,7 @@ impl Deliverer {
         };
         match decision {
             Decision::Done => {
+                self.observe_latency(&task);
                 self.metrics.delivered("succeeded");
                 ack(&message, AckKind::Ack).await;
             }
@@ -334,6 +354,10 @@ impl Deliverer {
             .header(headers::WEBHOOK_TIMESTAMP, now.to_string())
             .header(headers::WEBHOOK_SIGNATURE, signature)
             .header(headers::WEBHOOK_ATTEMPT, attempt.to_string());
+        // `traceparent` of this attempt's span (reserved: a subscription cannot set it).
+        for (name, value) in common::trace_context::http_headers(&tracing::Span::current()) {
+            request = request.header(name, value);
+        }
         for (name, value) in &live.sub.headers {
             request = request.header(name, value);
         }
@@ -407,9 +431,11 @@ impl Deliverer {
         next_task.not_before = Some(proto::time::from_system(SystemTime::now() + delay));
         next_task.last_status_code = tried.status.map(u32::from).unwrap_or(0);
         next_task.last_error = error.to_owned();
-        let publish = PublishMessage::build()
-            .payload(next_task.encode_to_vec().into())
-            .message_id(subjects::retry_msg_id(sequence));
+        let mut publish = PublishMessage::build().payload(next_task.encode_to_vec().into());
+        if let Some(headers) = common::trace_context::copy(message.headers.as_ref()) {
+            publish = publish.headers(headers);
+        }
+        let publish = publish.message_id(subjects::retry_msg_id(sequence));
         let subject = subjects::task_subject(task.origin(), &task.tenant_id, &task.subscription_id);
         match self.publish(subject, publish).await {
             Ok(()) => ack(message, AckKind::Ack).await,
@@ -458,6 +484,20 @@ impl Deliverer {
                 tracing::error!(error = %error, "dead letter not stored, task handed back");
                 ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
             }
+        }
+    }
+
+    /// Acceptance to 2xx, for live deliveries only: a replay's acceptance is long past.
+    fn observe_latency(&self, task: &Delivery) {
+        if task.origin() != proto::v1::DeliveryOrigin::Live {
+            return;
+        }
+        if let Some(latency) = task.accepted_at.as_ref().and_then(|t| {
+            SystemTime::now()
+                .duration_since(proto::time::to_system(t))
+                .ok()
+        }) {
+            self.metrics.delivery_latency.observe(latency.as_secs_f64());
         }
     }
 

@@ -47,7 +47,9 @@ impl Fanout {
             .info()
             .map(|i| i.stream_sequence)
             .unwrap_or_default();
-        let span = tracing::info_span!("dispatch.fanout", event_id = %event.id, event_type = %event.r#type, tenant = %event.tenant_id, matched = tracing::field::Empty);
+        let span = tracing::info_span!("dispatch.fanout", otel.kind = "consumer", event_id = %event.id, event_type = %event.r#type, tenant = %event.tenant_id, agent = %event.agent_id, matched = tracing::field::Empty);
+        // The ingest's publish span, from the event message's `traceparent`.
+        common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
         async {
             let matches = self
                 .index
@@ -82,6 +84,8 @@ impl Fanout {
         matches: &[Arc<crate::subscriptions::Live>],
     ) -> anyhow::Result<()> {
         let mut pending = Vec::with_capacity(matches.len());
+        // Every task carries this span's trace context: each attempt's span is its child.
+        let trace_headers = common::trace_context::current_headers();
         for live in matches {
             let task = Delivery {
                 event_id: event.id.clone(),
@@ -96,9 +100,11 @@ impl Fanout {
                 attempt: 1,
                 ..Default::default()
             };
-            let publish = PublishMessage::build()
-                .payload(task.encode_to_vec().into())
-                .message_id(subjects::delivery_msg_id(&event.id, &live.sub.id));
+            let mut publish = PublishMessage::build().payload(task.encode_to_vec().into());
+            if let Some(headers) = &trace_headers {
+                publish = publish.headers(headers.clone());
+            }
+            let publish = publish.message_id(subjects::delivery_msg_id(&event.id, &live.sub.id));
             let subject = subjects::delivery_subject(&event.tenant_id, &live.sub.id);
             pending.push(self.js.send_publish(subject, publish).await?);
         }

@@ -167,6 +167,28 @@ impl Gate {
             Some(_) => CircuitState::HalfOpen,
         }
     }
+
+    /// How many endpoints have an open and a half-open circuit now, for metrics.
+    pub fn circuit_counts(&self) -> (usize, usize) {
+        let endpoints: Vec<Arc<Endpoint>> = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        let (mut open, mut half_open) = (0, 0);
+        for endpoint in endpoints {
+            let b = endpoint.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            match b.open_until {
+                None => {}
+                Some(until) if now < until => open += 1,
+                Some(_) => half_open += 1,
+            }
+        }
+        (open, half_open)
+    }
 }
 
 impl Admission {
@@ -230,11 +252,13 @@ mod tests {
             g.admit("s", 0).unwrap().finish(true);
         }
         assert_eq!(g.state("s"), CircuitState::Open);
+        assert_eq!(g.circuit_counts(), (1, 0));
         assert!(
             matches!(g.admit("s", 0), Err(Refusal::CircuitOpen(d)) if d <= Duration::from_millis(30))
         );
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(g.state("s"), CircuitState::HalfOpen);
+        assert_eq!(g.circuit_counts(), (0, 1));
         let probe = g.admit("s", 0).unwrap();
         assert!(
             matches!(g.admit("s", 0), Err(Refusal::CircuitOpen(_))),
@@ -242,6 +266,7 @@ mod tests {
         );
         probe.finish(false);
         assert_eq!(g.state("s"), CircuitState::Closed);
+        assert_eq!(g.circuit_counts(), (0, 0));
         assert!(g.admit("s", 0).is_ok());
     }
 

@@ -4,7 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("info");
+    let telemetry = common::telemetry::init("dispatcher");
     let settings = dispatcher::Settings::from_env(&common::config::Env::process())?;
     let app = dispatcher::App::build(settings).await?;
     tracing::info!(addr = %app.local_addr()?, "dispatcher running");
@@ -12,5 +12,6 @@ async fn main() -> anyhow::Result<()> {
     common::shutdown::cancel_on_signal(token.clone());
     app.run(token).await?;
     tracing::info!("dispatcher stopped");
+    telemetry.shutdown();
     Ok(())
 }

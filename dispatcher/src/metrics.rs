@@ -18,6 +18,18 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// A circuit state: `open` or `half_open`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CircuitLabel {
+    pub state: &'static str,
+}
+
+/// One of the three durable consumers (names from `proto::subjects`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    pub consumer: &'static str,
+}
+
 /// Every metric, registered once per process.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +48,17 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Seconds from sending the request to the end of the answer.
     pub attempt_duration: Histogram,
+    /// Seconds from the event's acceptance by ingest to the 2xx of a live delivery (replayed
+    /// and redriven deliveries are not observed: their acceptance is long past).
+    pub delivery_latency: Histogram,
+    /// Endpoints whose circuit is `open` or `half_open` in this replica.
+    pub circuit_breakers: Family<CircuitLabel, Gauge>,
+    /// Messages of a consumer's stream not yet delivered to it (its lag).
+    pub consumer_pending: Family<ConsumerLabel, Gauge>,
+    /// Messages delivered to a consumer and not yet acknowledged.
+    pub consumer_ack_pending: Family<ConsumerLabel, Gauge>,
+    /// Messages of a consumer delivered more than once and not yet acknowledged.
+    pub consumer_redelivered: Family<ConsumerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -50,6 +73,14 @@ impl Default for Metrics {
         let attempt_duration = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ]);
+        let delivery_latency = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            900.0, 3600.0, 21600.0,
+        ]);
+        let circuit_breakers = Family::<CircuitLabel, Gauge>::default();
+        let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
+        let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
+        let consumer_redelivered = Family::<ConsumerLabel, Gauge>::default();
         let mut registry = Registry::with_prefix("webhooks");
         registry.register(
             "deliveries",
@@ -92,6 +123,35 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             attempt_duration.clone(),
         );
+        registry.register_with_unit(
+            "delivery_latency",
+            "Duration from the event's acceptance to the 2xx of its live delivery",
+            prometheus_client::registry::Unit::Seconds,
+            delivery_latency.clone(),
+        );
+        registry.register(
+            "circuit_breakers",
+            "Endpoints whose circuit breaker is in this state, in this replica",
+            circuit_breakers.clone(),
+        );
+        registry.register(
+            "consumer_pending_messages",
+            "Messages not yet delivered to the durable consumer (lag)",
+            consumer_pending.clone(),
+        );
+        registry.register(
+            "consumer_ack_pending_messages",
+            "Messages delivered to the durable consumer and not yet acknowledged",
+            consumer_ack_pending.clone(),
+        );
+        registry.register(
+            "consumer_redelivered_messages",
+            "Messages of the durable consumer redelivered and not yet acknowledged",
+            consumer_redelivered.clone(),
+        );
+        for state in ["open", "half_open"] {
+            let _ = circuit_breakers.get_or_create(&CircuitLabel { state });
+        }
         Metrics {
             registry,
             deliveries,
@@ -102,6 +162,11 @@ impl Default for Metrics {
             tasks_queued,
             in_flight,
             attempt_duration,
+            delivery_latency,
+            circuit_breakers,
+            consumer_pending,
+            consumer_ack_pending,
+            consumer_redelivered,
         }
     }
 }
@@ -118,6 +183,30 @@ impl Metrics {
 
     pub fn delivered(&self, outcome: &'static str) {
         self.deliveries.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Sets the circuit breaker gauges from [`crate::gate::Gate::circuit_counts`].
+    pub fn circuits(&self, open: usize, half_open: usize) {
+        for (state, n) in [("open", open), ("half_open", half_open)] {
+            self.circuit_breakers
+                .get_or_create(&CircuitLabel { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the gauges of `consumer` from its info.
+    pub fn consumer(&self, consumer: &'static str, info: &async_nats::jetstream::consumer::Info) {
+        let label = ConsumerLabel { consumer };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.consumer_pending
+            .get_or_create(&label)
+            .set(n(info.num_pending));
+        self.consumer_ack_pending
+            .get_or_create(&label)
+            .set(n(info.num_ack_pending as u64));
+        self.consumer_redelivered
+            .get_or_create(&label)
+            .set(n(info.num_redelivered as u64));
     }
 }
 

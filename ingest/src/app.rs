@@ -33,6 +33,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Per-tenant event rate (`WEBHOOKS_TENANT_RATE_LIMIT`), in this replica.
     pub rate_limit: Arc<crate::rate_limit::TenantRateLimit>,
+    /// Prometheus metrics of this process (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A built, not yet serving, ingest service.
@@ -83,6 +85,7 @@ impl App {
             subscriptions,
             mirrors_ready: [keys_ready, subs_ready],
             draining: Arc::new(AtomicBool::new(false)),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         };
         Ok(App {
             listener,
@@ -111,7 +114,8 @@ impl App {
         let nats_served = tokio::spawn(nats_ingest.serve(state.clone(), nats_token.clone()));
         let draining = state.draining.clone();
         let client = state.client.clone();
-        let router = routes::router(state);
+        let router =
+            routes::router(state).layer(axum::middleware::from_fn(crate::request_span::layer));
         let shutdown = async move {
             token.cancelled().await;
             draining.store(true, Ordering::SeqCst);

@@ -9,7 +9,9 @@
 //! - [`auth`]: API keys (hashed, revocable) and the admin token.
 //! - [`nats_ingest`]: upstream producers' protobuf requests on `webhooks.ingest.<tenant>`.
 //! - [`publisher`]: building the stored event and waiting for its PubAck.
+//! - [`request_span`]: the `ingest.request` span, continuing a producer's `traceparent`.
 //! - [`rate_limit`]: the per-tenant event rate (`WEBHOOKS_TENANT_RATE_LIMIT`), per replica.
+//! - [`metrics`]: Prometheus metrics, `GET /metrics`.
 //! - [`error`]: `ApiError`, answered as problem+json.
 //! - [`openapi`]: the OpenAPI document (`GET /openapi.json`), generated from the handlers'
 //!   annotations and the event catalog.
@@ -18,10 +20,12 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod nats_ingest;
 pub mod openapi;
 pub mod publisher;
 pub mod rate_limit;
+pub mod request_span;
 pub mod routes;
 
 pub use app::App;

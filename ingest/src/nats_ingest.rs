@@ -26,7 +26,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{app::AppState, error::ApiError, publisher, routes::tenant_id_is_valid};
+use crate::{app::AppState, error::ApiError, metrics::Via, publisher, routes::tenant_id_is_valid};
 
 /// Requests handled at once; further ones wait in the subscription's buffer.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -115,7 +115,13 @@ async fn handle(state: &AppState, message: async_nats::Message) {
         tracing::warn!(subject = %message.subject, "nats ingest request without a reply subject ignored");
         return;
     };
-    let result = match ingest(state, &message.subject, &message.payload).await {
+    // The producer's trace continues when its request carries a `traceparent` header.
+    let span = tracing::info_span!("ingest.request", otel.kind = "server", messaging.system = "nats", messaging.destination.name = %message.subject);
+    common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
+    let result = match ingest(state, &message.subject, &message.payload)
+        .instrument(span)
+        .await
+    {
         Ok(accepted) => ingest_reply::Result::Accepted(Accepted {
             id: accepted.id,
             sequence: accepted.sequence,
@@ -135,12 +141,31 @@ async fn handle(state: &AppState, message: async_nats::Message) {
     }
 }
 
-/// Validates and stores one request's event.
+/// Validates and stores one request's event, and counts the outcome.
 async fn ingest(
     state: &AppState,
     subject: &str,
     payload: &[u8],
 ) -> Result<publisher::Accepted, ApiError> {
+    let (tenant, event) = checked(state, subject, payload)
+        .inspect_err(|e| state.metrics.rejected(Via::Nats, e, 1))?;
+    let span = tracing::info_span!("ingest.publish", otel.kind = "producer", event_id = %event.id, event_type = %event.r#type, tenant = %tenant, agent = %event.agent_id, via = "nats");
+    let started = std::time::Instant::now();
+    let result = publisher::publish(state, &event).instrument(span).await;
+    state
+        .metrics
+        .published(Via::Nats, &event.r#type, started.elapsed(), &result, |a| {
+            a.duplicate
+        });
+    result
+}
+
+/// The tenant and the event to store for a request, or why there is none.
+fn checked<'s>(
+    state: &AppState,
+    subject: &'s str,
+    payload: &[u8],
+) -> Result<(&'s str, Event), ApiError> {
     let tenant = subject.rsplit('.').next().unwrap_or_default();
     if !tenant_id_is_valid(tenant) {
         return Err(ApiError::field(
@@ -179,9 +204,7 @@ async fn ingest(
             return Err(ApiError::Invalid(errors));
         }
     };
-    let event = publisher::build_event(tenant, new, None);
-    let span = tracing::info_span!("ingest.publish", event_id = %event.id, event_type = %event.r#type, tenant = %tenant, via = "nats");
-    publisher::publish(state, &event).instrument(span).await
+    Ok((tenant, publisher::build_event(tenant, new, None)))
 }
 
 fn bad_request(detail: impl Into<String>) -> ApiError {

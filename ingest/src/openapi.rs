@@ -144,6 +144,7 @@ macro_rules! catalog_schema {
 catalog_schema! {
     EventType => "One of the ten event type names.";
     EventTypePattern => "An event type name, a `prefix.*` pattern matching at least one type, or `*`.";
+    EventTypeFilter => "An event type name to filter on; empty: every type.";
     EventInput => "An event as a producer sends it; `data` follows the schema of its `type`.";
     Envelope => "An event as receivers get it (and as the feed lists it).";
 }
@@ -197,6 +198,12 @@ pub fn catalog_schemas() -> Map<String, Value> {
             "enum": type_patterns(),
             "description": "An event type name, a `prefix.*` pattern matching at least one type, or `*` (every type).",
         }),
+    );
+    let mut filter = vec![""];
+    filter.extend(&names);
+    schemas.insert(
+        "EventTypeFilter".into(),
+        json!({"type": "string", "enum": filter, "description": "An event type name to filter on; empty: every type."}),
     );
     let (mut inputs, mut envelopes) = (Vec::new(), Vec::new());
     for spec in catalog::all() {
@@ -337,10 +344,10 @@ pub struct Accepted {
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// 1 to 500 events (see `EventInput`). An invalid item is answered with its own `error`
-    /// result; the valid ones are accepted anyway.
-    #[schema(min_items = 1, max_items = 500, value_type = Vec<Value>)]
-    pub events: Vec<Value>,
+    /// 1 to 500 events. An invalid item is answered with its own `error` result; the valid
+    /// ones are accepted anyway.
+    #[schema(min_items = 1, max_items = 500)]
+    pub events: Vec<EventInput>,
 }
 
 /// One result of a batch, in the order of the input.
@@ -378,6 +385,7 @@ pub struct EventPage {
 pub struct EventReplayRequest {
     /// Replay to this subscription only (whatever its filters); absent or `null`: to every
     /// enabled subscription whose filters select the event.
+    #[schema(pattern = "^sub_[0-9A-Za-z]{26}$")]
     pub subscription_id: Option<String>,
 }
 
@@ -737,6 +745,7 @@ pub struct DeadLetterPage {
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveAllRequest {
+    #[schema(pattern = "^sub_[0-9A-Za-z]{26}$")]
     pub subscription_id: String,
 }
 
@@ -807,6 +816,7 @@ impl Modify for Security {
         crate::routes::health::healthz,
         crate::routes::health::readyz,
         crate::routes::openapi_json,
+        crate::metrics::handler,
         crate::routes::events::create,
         crate::routes::events::batch,
         crate::routes::feed::list,
@@ -833,7 +843,15 @@ impl Modify for Security {
         crate::routes::admin::revoke_key,
     ),
     components(
-        schemas(Problem, ProblemField, EventType, EventTypePattern, EventInput, Envelope),
+        schemas(
+            Problem,
+            ProblemField,
+            EventType,
+            EventTypePattern,
+            EventTypeFilter,
+            EventInput,
+            Envelope
+        ),
         responses(
             BadRequest,
             Unauthorized,
@@ -847,7 +865,7 @@ impl Modify for Security {
     ),
     modifiers(&Security),
     tags(
-        (name = "operations", description = "Liveness, readiness and this document."),
+        (name = "operations", description = "Liveness, readiness, metrics and this document."),
         (name = "events", description = "Sending events, the events feed, replays."),
         (name = "subscriptions", description = "Endpoints, their filters, secrets and test sends."),
         (name = "attempts", description = "The delivery attempt log and stats."),
@@ -869,6 +887,28 @@ pub fn document() -> Value {
         }
         schemas.sort_keys();
     }
+    // utoipa spells an optional body (`Option<T>`) as `oneOf: [null, T]`; the handlers read an
+    // absent or empty body as `{}`, and a `null` one is refused, so the schema is just `T`.
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in operation.values_mut() {
+                let Some(schema) = op.pointer_mut("/requestBody/content/application~1json/schema")
+                else {
+                    continue;
+                };
+                let non_null = schema
+                    .get("oneOf")
+                    .and_then(Value::as_array)
+                    .and_then(|one| match one.as_slice() {
+                        [null, other] if null == &json!({"type": "null"}) => Some(other.clone()),
+                        _ => None,
+                    });
+                if let Some(other) = non_null {
+                    *schema = other;
+                }
+            }
+        }
+    }
     doc
 }
 
@@ -889,6 +929,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),
+    ("get", "/metrics"),
     ("post", "/v1/events"),
     ("get", "/v1/events"),
     ("post", "/v1/events/batch"),
@@ -1008,13 +1049,4 @@ mod tests {
             }
         }
     }
-}
-#[cfg(test)]
-#[test]
-fn tmp_dump() {
-    std::fs::write(
-        "/tmp/oa/openapi.json",
-        serde_json::to_string_pretty(&document()).unwrap_or_default(),
-    )
-    .ok();
 }

@@ -52,9 +52,12 @@ pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiErr
         )));
     }
     let subject = subjects::event_subject(&event.tenant_id, &event.agent_id, &event.r#type);
-    let publish = Publish::build()
-        .payload(event.encode_to_vec().into())
-        .message_id(subjects::event_msg_id(&event.tenant_id, &event.id));
+    let mut publish = Publish::build().payload(event.encode_to_vec().into());
+    // The caller's span (`ingest.publish`) becomes the fan-out's parent.
+    if let Some(headers) = common::trace_context::current_headers() {
+        publish = publish.headers(headers);
+    }
+    let publish = publish.message_id(subjects::event_msg_id(&event.tenant_id, &event.id));
     let ack = async {
         let pending = state.js.send_publish(subject, publish).await?;
         Ok::<_, anyhow::Error>(pending.await?)

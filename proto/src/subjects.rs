@@ -72,6 +72,8 @@ pub const TEST_SEND_QUEUE: &str = "dispatcher-test-send";
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 /// W3C trace context, carried from the ingest request to every delivery attempt.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// W3C trace state, carried next to [`HEADER_TRACEPARENT`] when there is one.
+pub const HEADER_TRACESTATE: &str = "tracestate";
 
 /// Outbound (receiver-facing) Standard Webhooks header names.
 pub mod http {

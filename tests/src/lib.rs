@@ -7,17 +7,21 @@
 //! - [`receiver`]: [`TestReceiver`], an HTTP endpoint that answers with a scripted sequence of
 //!   statuses and records every request, and [`Received`], which checks signatures with the
 //!   independent `standardwebhooks` crate rather than our own signer.
+//! - [`otlp`]: [`OtlpReceiver`], a real OTLP trace receiver (HTTP and gRPC) recording the spans
+//!   the service processes export.
 //! - [`wait`]: [`eventually`], bounded polling for conditions that become true asynchronously.
 //! - [`tls`]: [`TestCa`], a throwaway CA issuing receiver certificates, and the rustls listener
 //!   behind [`TestReceiver::start_tls`].
 //! - `src/bin/demo_receiver.rs`: a standalone verifying receiver for the README demo.
 
 pub mod nats;
+pub mod otlp;
 pub mod receiver;
 pub mod tls;
 pub mod wait;
 
 pub use nats::NatsServer;
+pub use otlp::{ExportedSpan, OtlpReceiver};
 pub use receiver::{Received, TestReceiver};
 pub use tls::TestCa;
 pub use wait::eventually;

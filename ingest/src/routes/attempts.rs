@@ -140,12 +140,15 @@ pub async fn by_subscription(
 }
 
 /// Where an event's attempts can start: shortly before an assigned id's timestamp, else the
-/// beginning of the log.
+/// beginning of the log. A timestamp in the future (a producer's id that only looks assigned;
+/// a ULID reaches the year 10889) is no hint at all.
 fn event_start(event_id: &str) -> Start {
     event_id
         .strip_prefix("evt_")
         .and_then(|u| ulid::Ulid::from_string(u).ok())
-        .and_then(|u| u.datetime().checked_sub(EVENT_SCAN_SLACK))
+        .map(|u| u.datetime())
+        .filter(|t| *t <= SystemTime::now())
+        .and_then(|t| t.checked_sub(EVENT_SCAN_SLACK))
         .map_or(Start::After(0), Start::Time)
 }
 
@@ -324,6 +327,11 @@ mod tests {
         };
         assert_eq!(t + EVENT_SCAN_SLACK, ulid.datetime());
         assert_eq!(event_start("order-17"), Start::After(0));
+        // The largest ULID is in the year 10889: no time to start from (nor to panic on).
+        assert_eq!(
+            event_start("evt_7ZZZZZZZZZZZZZZZZZZZZZZZZZ"),
+            Start::After(0)
+        );
         assert_eq!(event_start("evt_not-a-ulid"), Start::After(0));
     }
 

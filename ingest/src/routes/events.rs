@@ -15,6 +15,7 @@ use crate::{
     app::AppState,
     auth::Tenant,
     error::ApiError,
+    metrics::Via,
     publisher::{self, Accepted},
 };
 
@@ -38,10 +39,19 @@ async fn accept(
     body: &Value,
     key: Option<&str>,
 ) -> Result<Accepted, ApiError> {
-    let new = proto::validate::parse_event(body).map_err(ApiError::Invalid)?;
+    let new = proto::validate::parse_event(body)
+        .map_err(ApiError::Invalid)
+        .inspect_err(|e| state.metrics.rejected(Via::Http, e, 1))?;
     let event = publisher::build_event(tenant, new, key);
-    let span = tracing::info_span!("ingest.publish", event_id = %event.id, event_type = %event.r#type, tenant = %tenant);
-    publisher::publish(state, &event).instrument(span).await
+    let span = tracing::info_span!("ingest.publish", otel.kind = "producer", event_id = %event.id, event_type = %event.r#type, tenant = %tenant, agent = %event.agent_id);
+    let started = std::time::Instant::now();
+    let result = publisher::publish(state, &event).instrument(span).await;
+    state
+        .metrics
+        .published(Via::Http, &event.r#type, started.elapsed(), &result, |a| {
+            a.duplicate
+        });
+    result
 }
 
 #[utoipa::path(
@@ -65,14 +75,17 @@ async fn accept(
     security(("tenant_key" = [])),
 )]
 pub async fn create(
-    Tenant(tenant): Tenant,
+    tenant: Result<Tenant, ApiError>,
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let body = json_body(body, state.settings.event_body_limit)?;
-    state.rate_limit.check(&tenant, 1)?;
-    let key = idempotency_key(&headers)?;
+    // Refusals before `accept` are counted here; `accept` counts its own outcome.
+    let refused = |e: &ApiError| state.metrics.rejected(Via::Http, e, 1);
+    let Tenant(tenant) = tenant.inspect_err(refused)?;
+    let body = json_body(body, state.settings.event_body_limit).inspect_err(refused)?;
+    state.rate_limit.check(&tenant, 1).inspect_err(refused)?;
+    let key = idempotency_key(&headers).inspect_err(refused)?;
     let accepted = accept(&state, &tenant, &body, key).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -95,10 +108,27 @@ pub async fn create(
     security(("tenant_key" = [])),
 )]
 pub async fn batch(
-    Tenant(tenant): Tenant,
+    tenant: Result<Tenant, ApiError>,
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // A refusal of the whole batch counts its events when they are known, else one.
+    let mut events = 1;
+    let result = batch_of(tenant, &state, body, &mut events).await;
+    if let Err(error) = &result {
+        state.metrics.rejected(Via::Http, error, events);
+    }
+    result
+}
+
+/// `batch`, with refusals of the whole batch left to the caller to count.
+async fn batch_of(
+    tenant: Result<Tenant, ApiError>,
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    events: &mut u64,
+) -> Result<Json<Value>, ApiError> {
+    let Tenant(tenant) = tenant?;
     let mut body = json_body(body, state.settings.batch_body_limit)?;
     let Some(Value::Array(items)) = body.get_mut("events").map(Value::take) else {
         return Err(ApiError::field("events", "must be an array of events"));
@@ -109,6 +139,7 @@ pub async fn batch(
     {
         return Err(ApiError::field(extra, "unknown field"));
     }
+    *events = items.len().max(1) as u64;
     let max = state.settings.batch_max_events;
     if items.is_empty() || items.len() > max {
         return Err(ApiError::field(
@@ -126,7 +157,7 @@ pub async fn batch(
     }
     // Every item is published at once; the PubAcks are awaited together.
     let results =
-        futures::future::join_all(items.iter().map(|item| accept(&state, &tenant, item, None)))
+        futures::future::join_all(items.iter().map(|item| accept(state, &tenant, item, None)))
             .await;
     let results: Vec<Value> = results
         .into_iter()

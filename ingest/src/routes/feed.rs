@@ -83,7 +83,7 @@ fn invalid(field: &str, message: &str) -> FieldError {
     params(
         ("after" = Option<String>, Query, pattern = "^[0-9]{0,19}$", description = "The `next_cursor` of a previous page; absent or empty: from the oldest retained event."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)."),
-        ("type" = Option<crate::openapi::EventType>, Query, description = "Only events of this type."),
+        ("type" = Option<crate::openapi::EventTypeFilter>, Query, description = "Only events of this type (empty: every type)."),
         ("agent_id" = Option<String>, Query, pattern = "^[A-Za-z0-9_-]{0,64}$", description = "Only this agent's events (empty: every agent)."),
     ),
     responses(

@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(crate::metrics::handler))
         .route(
             "/v1/events",
             post(events::create)
@@ -86,6 +87,11 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(settings.event_body_limit))
         .layer(axum::middleware::map_response(problem_for_plain_errors))
+        // Outermost, so it counts the status the client gets.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
+        ))
         .with_state(state)
 }
 

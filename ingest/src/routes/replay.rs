@@ -145,7 +145,7 @@ fn ensure_enabled(sub: &Subscription, field: &str) -> Result<(), ApiError> {
     params(
         ("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "An event id."),
     ),
-    request_body(content = crate::openapi::EventReplayRequest, content_type = "application/json", description = "Optional; an empty body replays to every matching subscription."),
+    request_body(content = Option<crate::openapi::EventReplayRequest>, content_type = "application/json", description = "Optional; an empty body replays to every matching subscription."),
     responses(
         (status = 202, description = "Deliveries queued (with the original `webhook-id`).", body = crate::openapi::EventReplayed),
         (status = 400, response = crate::openapi::BadRequest),

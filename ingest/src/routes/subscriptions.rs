@@ -666,7 +666,7 @@ fn rotate_secrets(
     params(
         ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
     ),
-    request_body(content = crate::openapi::RotateRequest, content_type = "application/json", description = "Optional."),
+    request_body(content = Option<crate::openapi::RotateRequest>, content_type = "application/json", description = "Optional."),
     responses(
         (status = 200, description = "The new secret; the old one keeps signing for the grace period.", body = crate::openapi::SigningSecret),
         (status = 400, response = crate::openapi::BadRequest),

@@ -75,7 +75,7 @@ fn view(reply: &TestSendReply) -> Value {
     params(
         ("id" = String, Path, pattern = "^sub_[0-9A-Za-z]{26}$", description = "A subscription id."),
     ),
-    request_body(content = crate::openapi::TestSendRequest, content_type = "application/json", description = "Optional."),
+    request_body(content = Option<crate::openapi::TestSendRequest>, content_type = "application/json", description = "Optional."),
     responses(
         (status = 200, description = "A signed sample event was sent now; what the endpoint answered.", body = crate::openapi::TestSendResult),
         (status = 400, response = crate::openapi::BadRequest),
