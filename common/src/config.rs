@@ -28,7 +28,8 @@ pub struct SharedSettings {
     pub event_retention: Duration,
     /// `WEBHOOKS_DEDUPE_WINDOW`.
     pub dedupe_window: Duration,
-    /// `WEBHOOKS_EVENTS_MAX_BYTES`: the events stream's byte cap, so a small disk never fills.
+    /// `WEBHOOKS_EVENTS_MAX_BYTES` (1 GiB): the events stream's byte cap, so a small disk never
+    /// fills; the other streams' caps scale with it (see `topology`).
     pub events_max_bytes: i64,
     /// `WEBHOOKS_LINKS_BASE_URL`.
     pub links_base_url: String,
@@ -48,7 +49,7 @@ impl Default for SharedSettings {
             stream_replicas: 1,
             event_retention: Duration::from_secs(7 * 24 * 3600),
             dedupe_window: Duration::from_secs(120),
-            events_max_bytes: 8 * 1024 * 1024 * 1024,
+            events_max_bytes: 1024 * 1024 * 1024,
             links_base_url: "https://api.open.example".into(),
             url_policy: UrlPolicy::default(),
             master_keys: MasterKeys::insecure_dev(),

@@ -1,6 +1,10 @@
 //! The JetStream streams and KV buckets, created or updated idempotently at start.
 //!
-//! Every stream has a byte cap as well as an age, so a small disk never fills. Where dropping
+//! Every stream has a byte cap as well as an age, so a small disk never fills. The caps scale
+//! with `WEBHOOKS_EVENTS_MAX_BYTES` (default 1 GiB): the events, deliveries, replays, dead-letter
+//! and attempt streams get that much each, the rejects stream a quarter, the event index half,
+//! and each config bucket 256 MiB, about 6.5 times the setting in all. JetStream reserves a
+//! stream's cap when the stream is created, so the server's storage limit must have room for it. Where dropping
 //! the oldest data would lose work that is not finished (events not yet fanned out, queued
 //! deliveries, dead letters), a full stream refuses new messages instead: the producer gets a
 //! `503` and nothing accepted is ever dropped. Only the attempt log discards its oldest records.
@@ -26,7 +30,7 @@ pub struct Stores {
     pub event_index: kv::Store,
 }
 
-const GIB: i64 = 1024 * 1024 * 1024;
+const MIB: i64 = 1024 * 1024;
 
 /// Creates (or brings up to date) every stream and bucket.
 pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Result<Stores> {
@@ -51,7 +55,7 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             description: Some("one task per (event, subscription) until acked".into()),
             subjects: vec![subjects::DELIVERIES_SUBJECTS.into()],
             retention: RetentionPolicy::WorkQueue,
-            max_bytes: 8 * GIB,
+            max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
             duplicate_window: s.dedupe_window,
             storage: StorageType::File,
@@ -65,7 +69,7 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             ),
             subjects: vec![subjects::REPLAYS_SUBJECTS.into()],
             retention: RetentionPolicy::WorkQueue,
-            max_bytes: 8 * GIB,
+            max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
             duplicate_window: s.dedupe_window,
             storage: StorageType::File,
@@ -78,7 +82,7 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             subjects: vec![subjects::DLQ_SUBJECTS.into()],
             retention: RetentionPolicy::Limits,
             max_age: Duration::from_secs(30 * 24 * 3600),
-            max_bytes: 4 * GIB,
+            max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
             storage: StorageType::File,
             num_replicas: replicas,
@@ -91,7 +95,7 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             subjects: vec![subjects::REJECTS_SUBJECTS.into()],
             retention: RetentionPolicy::Limits,
             max_age: Duration::from_secs(30 * 24 * 3600),
-            max_bytes: GIB,
+            max_bytes: (s.events_max_bytes / 4).max(16 * MIB),
             discard: DiscardPolicy::Old,
             storage: StorageType::File,
             num_replicas: replicas,
@@ -103,7 +107,7 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             subjects: vec![subjects::ATTEMPTS_SUBJECTS.into()],
             retention: RetentionPolicy::Limits,
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 4 * GIB,
+            max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::Old,
             storage: StorageType::File,
             num_replicas: replicas,
@@ -142,7 +146,7 @@ async fn event_index_bucket(
         description: "event id -> sequence in the events stream".into(),
         history: 1,
         max_age: s.event_retention,
-        max_bytes: (s.events_max_bytes / 2).max(64 * 1024 * 1024),
+        max_bytes: (s.events_max_bytes / 2).max(16 * MIB),
         storage: StorageType::File,
         num_replicas: s.stream_replicas,
         ..Default::default()
@@ -156,7 +160,7 @@ async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow:
     let config = kv::Config {
         bucket: name.into(),
         history: 1,
-        max_bytes: GIB,
+        max_bytes: 256 * MIB,
         storage: StorageType::File,
         num_replicas: replicas,
         ..Default::default()

@@ -84,7 +84,7 @@ impl Settings {
             env.duration("WEBHOOKS_BREAKER_MAX_COOLDOWN", s.breaker_max_cooldown)?;
         s.disable_after = env.duration("WEBHOOKS_DISABLE_AFTER", s.disable_after)?;
         s.extra_ca_certs = env.string("WEBHOOKS_EXTRA_CA_CERTS").map(PathBuf::from);
-        s.ack_wait = s.http_timeout * 3;
+        s.ack_wait = (s.http_timeout * 3).max(s.http_timeout + Duration::from_secs(6));
         s.check()?;
         Ok(s)
     }
