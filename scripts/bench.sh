@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The delivery benchmark (issue 7; docs/benchmark.md): builds release binaries, then for every
+# The delivery benchmark (issue 7; docs/benchmarks.md): builds release binaries, then for every
 # scenario and run starts a fresh nats-server (file storage, its own store under target/bench,
 # ports 14422/18422), ingest (18480) and one dispatcher (18490), the bench receiver and load
 # generator, and prints a markdown table; the JSON goes to bench/results/last.json.

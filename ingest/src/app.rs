@@ -25,7 +25,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
-    pub stores: Stores,
+    /// Behind an `Arc`: axum clones the state for every request, and a KV handle carries its
+    /// whole stream config.
+    pub stores: Arc<Stores>,
     pub keys: Arc<Mirror<ApiKey>>,
     pub subscriptions: Arc<Mirror<Subscription>>,
     pub mirrors_ready: [Ready; 2],
@@ -80,7 +82,7 @@ impl App {
             settings: Arc::new(settings),
             client,
             js,
-            stores,
+            stores: Arc::new(stores),
             keys,
             subscriptions,
             mirrors_ready: [keys_ready, subs_ready],

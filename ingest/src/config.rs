@@ -28,6 +28,9 @@ pub struct Settings {
     /// Events per second per tenant, in bursts of as many (`WEBHOOKS_TENANT_RATE_LIMIT`,
     /// 10,000); per replica, so N replicas admit up to N × this.
     pub tenant_rate_limit: NonZeroU32,
+    /// `WEBHOOKS_MAX_IN_FLIGHT_REQUESTS` (1024): API requests served at once; more are answered
+    /// `503` at once rather than queued.
+    pub max_in_flight_requests: usize,
 }
 
 /// A secret string whose `Debug` never shows it.
@@ -72,6 +75,7 @@ impl Settings {
             publish_timeout: Duration::from_secs(5),
             test_send_timeout: Duration::from_secs(15) + TEST_SEND_MARGIN,
             tenant_rate_limit: NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN),
+            max_in_flight_requests: 1024,
         }
     }
 
@@ -89,6 +93,16 @@ impl Settings {
         settings.listen = env.parse("WEBHOOKS_LISTEN", settings.listen)?;
         settings.tenant_rate_limit =
             env.parse("WEBHOOKS_TENANT_RATE_LIMIT", settings.tenant_rate_limit)?;
+        settings.max_in_flight_requests = env.parse(
+            "WEBHOOKS_MAX_IN_FLIGHT_REQUESTS",
+            settings.max_in_flight_requests,
+        )?;
+        if settings.max_in_flight_requests == 0 {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOKS_MAX_IN_FLIGHT_REQUESTS",
+                message: "must be positive".into(),
+            });
+        }
         settings.test_send_timeout =
             env.duration("WEBHOOKS_HTTP_TIMEOUT", Duration::from_secs(15))? + TEST_SEND_MARGIN;
         Ok(settings)

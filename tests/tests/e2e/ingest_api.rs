@@ -1199,3 +1199,49 @@ async fn while_nats_is_down_events_get_503_with_retry_after_and_are_accepted_aga
         );
     }
 }
+
+#[tokio::test]
+async fn past_the_in_flight_limit_requests_are_shed_with_503_and_probes_keep_answering() {
+    use tokio::io::AsyncWriteExt as _;
+    let sys = System::start().await;
+    let key = sys.tenant_key("acme").await;
+    let ingest = spawn_ingest_with(&sys.nats, |s| s.max_in_flight_requests = 1).await;
+    let url = |path: &str| format!("http://{}{path}", ingest.addr);
+    // A request whose body never finishes holds the only slot.
+    let mut slow = tokio::net::TcpStream::connect(ingest.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"type\":"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let http = reqwest::Client::new();
+    let shed = testkit::eventually(SOON, "a request to be shed", || async {
+        let resp = http
+            .post(url("/v1/events"))
+            .bearer_auth(&key)
+            .json(&event("call.started", "a1"))
+            .send()
+            .await
+            .ok()?;
+        (resp.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(resp)
+    })
+    .await
+    .unwrap();
+    assert!(shed.headers().get("retry-after").is_some());
+    assert_eq!(shed.headers()["content-type"], "application/problem+json");
+    let ready = http.get(url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "probes are never shed");
+    // Once the slow request goes away, the slot is free again.
+    drop(slow);
+    testkit::eventually(SOON, "requests to be served again", || async {
+        let resp = http
+            .post(url("/v1/events"))
+            .bearer_auth(&key)
+            .json(&event("call.started", "a1"))
+            .send()
+            .await
+            .ok()?;
+        (resp.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await
+    .unwrap();
+}
