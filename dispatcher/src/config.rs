@@ -14,7 +14,7 @@ pub struct Settings {
     pub http_timeout: Duration,
     /// Time allowed to connect (`WEBHOOKS_CONNECT_TIMEOUT`, 5 s).
     pub connect_timeout: Duration,
-    /// Deliveries in flight at once in this process (`WEBHOOKS_MAX_IN_FLIGHT`, 512).
+    /// Deliveries in flight at once in this process (`WEBHOOKS_MAX_IN_FLIGHT`, 1024).
     pub max_in_flight: usize,
     /// Events fanned out at once (`WEBHOOKS_FANOUT_CONCURRENCY`, 64).
     pub fanout_concurrency: usize,
@@ -26,7 +26,7 @@ pub struct Settings {
     /// Replayed and redriven deliveries in flight at once (`WEBHOOKS_REPLAY_MAX_IN_FLIGHT`, 64):
     /// a lane of their own, so they never hold back live traffic.
     pub replay_max_in_flight: usize,
-    /// Deliveries in flight to one endpoint at once (`WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT`, 32).
+    /// Deliveries in flight to one endpoint at once (`WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT`, 128).
     pub per_endpoint_in_flight: usize,
     /// Consecutive failures that open an endpoint's circuit (`WEBHOOKS_BREAKER_THRESHOLD`, 5).
     pub breaker_threshold: u32,
@@ -49,12 +49,12 @@ impl Settings {
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             http_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
-            max_in_flight: 512,
+            max_in_flight: 1024,
             fanout_concurrency: 64,
             ack_wait: Duration::from_secs(45),
             shutdown_grace: Duration::from_secs(20),
             replay_max_in_flight: 64,
-            per_endpoint_in_flight: 32,
+            per_endpoint_in_flight: 128,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(5),
             breaker_max_cooldown: Duration::from_secs(300),
