@@ -400,16 +400,21 @@ impl Deliverer {
             event_type: task.event_type.clone(),
         };
         let subject = subjects::attempts_subject(&task.tenant_id, &task.subscription_id);
-        let result = async {
-            self.js
-                .publish(subject, record.encode_to_vec().into())
-                .await?
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        };
-        if let Err(error) = result.await {
-            tracing::warn!(error = %error, "attempt record not stored");
+        // Only the send is awaited here; the PubAck is awaited off the delivery's path, so a
+        // delivery's slot is not held for a second round trip to JetStream.
+        match self
+            .js
+            .publish(subject, record.encode_to_vec().into())
+            .await
+        {
+            Ok(pending) => {
+                tokio::spawn(async move {
+                    if let Err(error) = pending.await {
+                        tracing::warn!(error = %error, "attempt record not stored");
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(error = %error, "attempt record not stored"),
         }
     }
 

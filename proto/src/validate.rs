@@ -1134,7 +1134,15 @@ mod proptests {
         #[test]
         fn accepted_data_round_trips_and_both_paths_agree(body in near_valid()) {
             if let Ok(new) = parse_event(&body) {
-                prop_assert_eq!(&data_to_json(&new.data), &body["data"]);
+                // protobuf cannot tell an empty list from an absent one: `"tags": []` is
+                // delivered as no `tags`, which the schema allows.
+                let mut sent = body["data"].clone();
+                if sent.get("tags").is_some_and(|t| t.as_array().is_some_and(Vec::is_empty))
+                    && let Some(obj) = sent.as_object_mut()
+                {
+                    obj.remove("tags");
+                }
+                prop_assert_eq!(&data_to_json(&new.data), &sent);
                 let event = v1::Event {
                     id: "evt_1".into(),
                     tenant_id: "t".into(),

@@ -232,7 +232,9 @@ async fn a_dispatcher_killed_mid_delivery_loses_nothing() {
         .await
         .unwrap();
     let secret = subscribe_all(&sys, &key, &receiver, 100).await;
-    let mut first = Proc::dispatcher(&sys.nats, &[]).await;
+    // 32 slots for the 50 ms endpoint (about 640 deliveries/s), so the kill lands mid-stream.
+    let mut first =
+        Proc::dispatcher(&sys.nats, &[("WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT", "32")]).await;
 
     let ids = post_events(&sys, &key, 2000, "kill").await;
     // Every task queued before the kill: the crash under test is mid-delivery, not mid-fan-out
@@ -453,7 +455,16 @@ async fn sigterm_drains_in_flight_deliveries_and_hands_back_the_rest() {
         .unwrap();
     let secret = subscribe_all(&sys, &key, &receiver, 100).await;
     let grace = Duration::from_secs(10);
-    let mut first = Proc::dispatcher(&sys.nats, &[("WEBHOOKS_SHUTDOWN_GRACE", "10s")]).await;
+    // 32 slots for the 1 s endpoint, so at the SIGTERM some deliveries are in flight and most
+    // are still queued: both halves of the drain are exercised.
+    let mut first = Proc::dispatcher(
+        &sys.nats,
+        &[
+            ("WEBHOOKS_SHUTDOWN_GRACE", "10s"),
+            ("WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT", "32"),
+        ],
+    )
+    .await;
 
     let ids = post_events(&sys, &key, 200, "drain").await;
     // Events the stopping process had pulled but not yet fanned out come back only after the
