@@ -229,3 +229,22 @@ pub async fn spawn_ingest_with(
         handle: Some(handle),
     }
 }
+
+/// Sends events until a delivery satisfies `wanted` (subscription changes reach the
+/// dispatcher a moment after the API answers).
+pub async fn a_delivery_where(
+    sys: &System,
+    key: &str,
+    receiver: &testkit::TestReceiver,
+    what: &str,
+    wanted: impl Fn(&testkit::Received) -> bool,
+) -> testkit::Received {
+    let wanted = &wanted;
+    testkit::eventually(SOON, what, || async move {
+        sys.send_event(key, event("call.started", "agent_1")).await;
+        let got = receiver.recv_within(Duration::from_secs(2)).await?;
+        wanted(&got).then_some(got)
+    })
+    .await
+    .unwrap()
+}

@@ -12,7 +12,7 @@ use prost::Message as _;
 use proto::v1::{SigningSecret, Subscription};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use testkit::{NatsServer, Received, TestReceiver, eventually};
+use testkit::{NatsServer, TestReceiver, eventually};
 
 use crate::{helpers::*, procs::Proc};
 
@@ -84,24 +84,6 @@ fn assert_sealed_under(sub: &Subscription, key: &Key) {
             "sealed under {key:?}"
         );
     }
-}
-
-/// Sends events until a delivery satisfies `wanted`.
-async fn a_delivery_where(
-    sys: &System,
-    key: &str,
-    receiver: &TestReceiver,
-    what: &str,
-    wanted: impl Fn(&Received) -> bool,
-) -> Received {
-    let wanted = &wanted;
-    eventually(SOON, what, || async move {
-        sys.send_event(key, event("call.started", "agent_1")).await;
-        let got = receiver.recv_within(Duration::from_secs(2)).await?;
-        wanted(&got).then_some(got)
-    })
-    .await
-    .unwrap()
 }
 
 async fn secret_of(sys: &System, key: &str, sub: &str) -> (StatusCode, Value) {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use testkit::{Received, TestReceiver, eventually};
+use testkit::{Received, TestReceiver};
 
 use crate::helpers::*;
 
@@ -23,25 +23,6 @@ fn with_only(got: &Received, signature: &str) -> Received {
     one.headers
         .insert("webhook-signature", signature.parse().unwrap());
     one
-}
-
-/// Sends events until a delivery satisfies `wanted` (subscription changes reach the
-/// dispatcher a moment after the API answers).
-async fn a_delivery_where(
-    sys: &System,
-    key: &str,
-    receiver: &TestReceiver,
-    what: &str,
-    wanted: impl Fn(&Received) -> bool,
-) -> Received {
-    let wanted = &wanted;
-    eventually(SOON, what, || async move {
-        sys.send_event(key, event("call.started", "agent_1")).await;
-        let got = receiver.recv_within(Duration::from_secs(2)).await?;
-        wanted(&got).then_some(got)
-    })
-    .await
-    .unwrap()
 }
 
 async fn test_send(sys: &System, key: &str, sub: &str, body: Value) -> (StatusCode, Value) {
