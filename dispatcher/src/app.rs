@@ -86,7 +86,9 @@ impl App {
                 description: Some("fan-out of events into delivery tasks".into()),
                 ack_policy: AckPolicy::Explicit,
                 deliver_policy: DeliverPolicy::All,
-                ack_wait: Duration::from_secs(30),
+                // First attempts run in the fan-out (with progress acks), so its ack wait is
+                // the deliveries'.
+                ack_wait: settings.ack_wait,
                 max_ack_pending: 10_000,
                 ..Default::default()
             },
@@ -154,12 +156,6 @@ impl App {
         let token = token.child_token();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        let fanout = Arc::new(Fanout {
-            js: js.clone(),
-            index: index.clone(),
-            links_base_url: settings.shared.links_base_url.clone(),
-            metrics: metrics.clone(),
-        });
         let deliverer = Arc::new(Deliverer {
             js: js.clone(),
             index: index.clone(),
@@ -175,11 +171,18 @@ impl App {
                 bucket: stores.health.clone(),
                 subscriptions: stores.subscriptions.clone(),
                 failing,
-                index,
+                index: index.clone(),
                 disable_after: settings.disable_after,
             },
             ack_wait: settings.ack_wait,
             metrics: metrics.clone(),
+        });
+        let fanout = Arc::new(Fanout {
+            js: js.clone(),
+            index: index.clone(),
+            links_base_url: settings.shared.links_base_url.clone(),
+            metrics: metrics.clone(),
+            direct: settings.direct_first_attempt.then(|| deliverer.clone()),
         });
         tokio::spawn(poll_consumers(
             [

@@ -16,8 +16,12 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Deliveries in flight at once in this process (`WEBHOOKS_MAX_IN_FLIGHT`, 1024).
     pub max_in_flight: usize,
-    /// Events fanned out at once (`WEBHOOKS_FANOUT_CONCURRENCY`, 64).
+    /// Events fanned out at once (`WEBHOOKS_FANOUT_CONCURRENCY`, 1024); with direct first
+    /// attempts an event holds its slot for its first attempts.
     pub fanout_concurrency: usize,
+    /// Make each live delivery's first attempt straight from the fan-out and queue a task only
+    /// when it fails or the endpoint cannot take it now (`WEBHOOKS_DIRECT_FIRST_ATTEMPT`, true).
+    pub direct_first_attempt: bool,
     /// How long JetStream waits for an ack before redelivering; longer than the HTTP timeout
     /// plus a margin, or a slow delivery is sent twice.
     pub ack_wait: Duration,
@@ -50,7 +54,8 @@ impl Settings {
             http_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             max_in_flight: 1024,
-            fanout_concurrency: 64,
+            fanout_concurrency: 1024,
+            direct_first_attempt: true,
             ack_wait: Duration::from_secs(45),
             shutdown_grace: Duration::from_secs(20),
             replay_max_in_flight: 64,
@@ -71,6 +76,8 @@ impl Settings {
         s.connect_timeout = env.duration("WEBHOOKS_CONNECT_TIMEOUT", s.connect_timeout)?;
         s.max_in_flight = env.parse("WEBHOOKS_MAX_IN_FLIGHT", s.max_in_flight)?;
         s.fanout_concurrency = env.parse("WEBHOOKS_FANOUT_CONCURRENCY", s.fanout_concurrency)?;
+        s.direct_first_attempt =
+            env.parse("WEBHOOKS_DIRECT_FIRST_ATTEMPT", s.direct_first_attempt)?;
         s.shutdown_grace = env.duration("WEBHOOKS_SHUTDOWN_GRACE", s.shutdown_grace)?;
         s.replay_max_in_flight =
             env.parse("WEBHOOKS_REPLAY_MAX_IN_FLIGHT", s.replay_max_in_flight)?;

@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 
 use crate::{
     fanout::ack,
-    gate::{Gate, Refusal},
+    gate::{Admission, Gate, Refusal},
     health::Health,
     http_client,
     metrics::{Metrics, Reason},
@@ -95,6 +95,34 @@ struct Death {
     attempts: u32,
     status: Option<u16>,
     error: String,
+}
+
+/// What one attempt decided, before it is settled.
+enum Verdict {
+    Done,
+    Retry {
+        delay: Duration,
+        status: Option<u16>,
+        error: String,
+    },
+    Dead(Death),
+}
+
+/// The span of one attempt; its parent is set by the caller.
+fn deliver_span(task: &Delivery, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "dispatch.deliver",
+        otel.kind = "client",
+        event_id = %task.event_id,
+        event_type = %task.event_type,
+        tenant = %task.tenant_id,
+        subscription_id = %task.subscription_id,
+        attempt,
+        status = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 impl Deliverer {
@@ -189,25 +217,105 @@ impl Deliverer {
             }
         };
 
-        let span = tracing::info_span!(
-            "dispatch.deliver",
-            otel.kind = "client",
-            event_id = %task.event_id,
-            event_type = %task.event_type,
-            tenant = %task.tenant_id,
-            subscription_id = %task.subscription_id,
-            attempt,
-            status = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        let span = deliver_span(&task, attempt);
         // The fan-out's span, from the task's `traceparent` (a retry keeps the first one's),
         // so every attempt of an event joins the event's trace.
         common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
+        let verdict = self
+            .try_once(&message, &live, &task, attempt, admission, span)
+            .await;
+        match verdict {
+            Verdict::Done => ack(&message, AckKind::Ack).await,
+            Verdict::Retry {
+                delay,
+                status,
+                error,
+            } => {
+                let next = self.next_attempt(&task, attempt + 1, delay, status, error);
+                let headers = common::trace_context::copy(message.headers.as_ref());
+                match self
+                    .store_retry(&next, headers, subjects::retry_msg_id(sequence))
+                    .await
+                {
+                    Ok(()) => ack(&message, AckKind::Ack).await,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "retry not stored, task handed back");
+                        ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
+            }
+            Verdict::Dead(death) => self.dead_letter(&message, sequence, &task, death).await,
+        }
+    }
+
+    /// Admits a live event's first attempt straight from the fan-out: only when the
+    /// subscription is enabled and its endpoint has a free slot, a closed circuit and rate to
+    /// spare. Anything else is queued as a task, whose consumer knows how to wait.
+    pub fn admit_direct(&self, live: &Live) -> Option<Admission> {
+        if !live.sub.enabled {
+            return None;
+        }
+        self.gate
+            .admit(&live.sub.id, live.sub.rate_limit_per_s)
+            .ok()
+    }
+
+    /// The first attempt of a live task made straight from the fan-out, with `progress` (the
+    /// event's message) kept alive while it runs. True once the outcome is durable: delivered,
+    /// its retry queued, or its dead letter stored; false hands the event back.
+    ///
+    /// The retry gets the id the fan-out would have given the task (`event:subscription`), so
+    /// an event fanned out again after a crash cannot queue it twice.
+    pub async fn direct(
+        &self,
+        progress: &jetstream::Message,
+        live: &Live,
+        task: &Delivery,
+        admission: Admission,
+    ) -> bool {
+        let span = deliver_span(task, 1);
+        match self
+            .try_once(progress, live, task, 1, admission, span)
+            .await
+        {
+            Verdict::Done => true,
+            Verdict::Retry {
+                delay,
+                status,
+                error,
+            } => {
+                let next = self.next_attempt(task, 2, delay, status, error);
+                let headers = common::trace_context::current_headers();
+                let id = subjects::delivery_msg_id(&task.event_id, &task.subscription_id);
+                match self.store_retry(&next, headers, id).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "retry not stored, event handed back");
+                        false
+                    }
+                }
+            }
+            Verdict::Dead(death) => {
+                let id = format!("dlq:{}:{}", task.event_id, task.subscription_id);
+                self.store_dead_letter(task, death, id).await.is_ok()
+            }
+        }
+    }
+
+    /// One admitted attempt: POST, record it, update the endpoint's health and decide what
+    /// comes next. Settling the decision (ack, queue, dead-letter) is the caller's.
+    async fn try_once(
+        &self,
+        progress: &jetstream::Message,
+        live: &Live,
+        task: &Delivery,
+        attempt: u32,
+        admission: Admission,
+        span: tracing::Span,
+    ) -> Verdict {
         self.metrics.in_flight.inc();
         let tried = self
-            .attempt_with_progress(&message, &live, &task, attempt)
+            .attempt_with_progress(progress, live, task, attempt)
             .instrument(span.clone())
             .await;
         self.metrics.in_flight.dec();
@@ -218,7 +326,7 @@ impl Deliverer {
             span.record("status", status);
             span.record("http.response.status_code", status);
         }
-        self.record_attempt(&task, attempt, &tried).await;
+        self.record_attempt(task, attempt, &tried).await;
         let class = retry::classify(tried.status);
         let outcome = if class == Class::Success {
             "succeeded"
@@ -256,27 +364,19 @@ impl Deliverer {
         };
         match decision {
             Decision::Done => {
-                self.observe_latency(&task);
+                self.observe_latency(task);
                 self.metrics.delivered("succeeded");
-                ack(&message, AckKind::Ack).await;
+                Verdict::Done
             }
             Decision::Retry(delay) => {
                 tracing::info!(parent: &span, error = %error, ?delay, "attempt failed, retry queued");
-                self.retry(
-                    &message,
-                    sequence,
-                    &task,
-                    attempt + 1,
+                Verdict::Retry {
                     delay,
-                    &tried,
-                    &error,
-                )
-                .await;
+                    status: tried.status,
+                    error,
+                }
             }
-            Decision::DeadLetter(reason) => {
-                self.dead_letter(&message, sequence, &task, failed(reason))
-                    .await
-            }
+            Decision::DeadLetter(reason) => Verdict::Dead(failed(reason)),
             Decision::Disable => {
                 let why = if class == Class::Gone {
                     "endpoint answered 410 Gone"
@@ -290,8 +390,7 @@ impl Deliverer {
                 {
                     tracing::warn!(error = %e, "could not disable subscription");
                 }
-                self.dead_letter(&message, sequence, &task, failed("subscription_disabled"))
-                    .await;
+                Verdict::Dead(failed("subscription_disabled"))
             }
         }
     }
@@ -418,37 +517,37 @@ impl Deliverer {
         }
     }
 
-    /// Queues the next attempt, then acks this one. If the retry cannot be stored, this task
-    /// is handed back instead, so the attempt is made again rather than lost.
-    #[allow(clippy::too_many_arguments)]
-    async fn retry(
+    /// The task for attempt `next`, due after `delay`.
+    fn next_attempt(
         &self,
-        message: &jetstream::Message,
-        sequence: u64,
         task: &Delivery,
         next: u32,
         delay: Duration,
-        tried: &Tried,
-        error: &str,
-    ) {
+        status: Option<u16>,
+        error: String,
+    ) -> Delivery {
         let mut next_task = task.clone();
         next_task.attempt = next;
         next_task.not_before = Some(proto::time::from_system(SystemTime::now() + delay));
-        next_task.last_status_code = tried.status.map(u32::from).unwrap_or(0);
-        next_task.last_error = error.to_owned();
-        let mut publish = PublishMessage::build().payload(next_task.encode_to_vec().into());
-        if let Some(headers) = common::trace_context::copy(message.headers.as_ref()) {
+        next_task.last_status_code = status.map(u32::from).unwrap_or(0);
+        next_task.last_error = error;
+        next_task
+    }
+
+    /// Queues a retry task (with the first attempt's trace context) under `msg_id`.
+    async fn store_retry(
+        &self,
+        next: &Delivery,
+        headers: Option<async_nats::HeaderMap>,
+        msg_id: String,
+    ) -> anyhow::Result<()> {
+        let mut publish = PublishMessage::build().payload(next.encode_to_vec().into());
+        if let Some(headers) = headers {
             publish = publish.headers(headers);
         }
-        let publish = publish.message_id(subjects::retry_msg_id(sequence));
-        let subject = subjects::task_subject(task.origin(), &task.tenant_id, &task.subscription_id);
-        match self.publish(subject, publish).await {
-            Ok(()) => ack(message, AckKind::Ack).await,
-            Err(error) => {
-                tracing::warn!(error = %error, "retry not stored, task handed back");
-                ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
-        }
+        let publish = publish.message_id(msg_id);
+        let subject = subjects::task_subject(next.origin(), &next.tenant_id, &next.subscription_id);
+        self.publish(subject, publish).await
     }
 
     /// Stores a dead letter and only then terminates the task; if the dead letter cannot be
@@ -460,6 +559,22 @@ impl Deliverer {
         task: &Delivery,
         death: Death,
     ) {
+        match self
+            .store_dead_letter(task, death, format!("dlq:{sequence}"))
+            .await
+        {
+            Ok(()) => ack(message, AckKind::Term).await,
+            Err(()) => ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await,
+        }
+    }
+
+    /// Stores the dead letter of `task` under `msg_id` (logged either way).
+    async fn store_dead_letter(
+        &self,
+        task: &Delivery,
+        death: Death,
+        msg_id: String,
+    ) -> Result<(), ()> {
         let letter = DeadLetter {
             delivery: Some(task.clone()),
             attempts: death.attempts,
@@ -471,7 +586,7 @@ impl Deliverer {
         };
         let publish = PublishMessage::build()
             .payload(letter.encode_to_vec().into())
-            .message_id(format!("dlq:{sequence}"));
+            .message_id(msg_id);
         let subject = subjects::dlq_subject(&task.tenant_id, &task.subscription_id);
         match self.publish(subject, publish).await {
             Ok(()) => {
@@ -483,11 +598,11 @@ impl Deliverer {
                         reason: death.reason,
                     })
                     .inc();
-                ack(message, AckKind::Term).await;
+                Ok(())
             }
             Err(error) => {
-                tracing::error!(error = %error, "dead letter not stored, task handed back");
-                ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                tracing::error!(error = %error, "dead letter not stored, handed back");
+                Err(())
             }
         }
     }

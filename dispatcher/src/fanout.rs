@@ -1,9 +1,16 @@
-//! The events consumer: match each event, queue one delivery task per matching subscription,
-//! and ack the event only after every task has its PubAck.
+//! The events consumer: match each event, make each matching subscription's first attempt
+//! straight from here when its endpoint can take it now (see `Deliverer::direct`), queue a
+//! delivery task for the others, and ack the event only once every outcome is durable: a 2xx,
+//! a queued retry or task (PubAck'ed), or a stored dead letter.
+//!
+//! Attempting first and writing a task only when needed saves the task's publish, pull and ack
+//! on the common path where the endpoint is healthy (docs/benchmarks.md has the figures).
+//! `WEBHOOKS_DIRECT_FIRST_ATTEMPT=false` queues every delivery as a task instead.
 //!
 //! Task ids are `event_id:subscription_id`, so a fan-out that is redelivered (after a crash
-//! between the PubAcks and the ack) publishes duplicates that JetStream drops. The envelope is
-//! serialised here, once per event; deliveries only sign it.
+//! between the PubAcks and the ack) publishes duplicates that JetStream drops; a first attempt
+//! made directly is made again in that case (at least once). The envelope is serialised here,
+//! once per event; deliveries only sign it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +30,8 @@ pub struct Fanout {
     pub index: Index,
     pub links_base_url: String,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Makes first attempts directly; `None` queues every delivery.
+    pub direct: Option<Arc<crate::deliver::Deliverer>>,
 }
 
 impl crate::pull::Handler for Fanout {
@@ -60,11 +69,37 @@ impl Fanout {
                 return;
             }
             let payload: bytes::Bytes = envelope::render(&event, &self.links_base_url).into();
-            match self.queue(&event, sequence, payload, &matches).await {
-                Ok(()) => {
+            let mut direct = Vec::new();
+            let mut queued = Vec::new();
+            for live in matches {
+                let task = task_of(&event, sequence, &payload, &live);
+                match self.direct.as_ref().and_then(|d| d.admit_direct(&live)) {
+                    Some(admission) => direct.push((live, task, admission)),
+                    None => queued.push(task),
+                }
+            }
+            let (direct_count, total) = (direct.len() as u64, (direct.len() + queued.len()) as u64);
+            let attempts =
+                futures::future::join_all(direct.into_iter().map(|(live, task, admission)| {
+                    let message = &message;
+                    async move {
+                        match &self.direct {
+                            Some(d) => d.direct(message, &live, &task, admission).await,
+                            None => false,
+                        }
+                    }
+                }));
+            let (stored, settled) = tokio::join!(self.queue(&event, queued), attempts);
+            match stored {
+                Ok(()) if settled.iter().all(|s| *s) => {
                     self.metrics.events_fanned_out.inc();
-                    self.metrics.tasks_queued.inc_by(matches.len() as u64);
+                    self.metrics.tasks_queued.inc_by(total);
+                    self.metrics.direct_first_attempts.inc_by(direct_count);
                     ack(&message, AckKind::Ack).await;
+                }
+                Ok(()) => {
+                    tracing::warn!("an outcome was not stored, event handed back");
+                    ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "fan-out failed, event handed back");
@@ -76,42 +111,50 @@ impl Fanout {
         .await
     }
 
-    async fn queue(
-        &self,
-        event: &Event,
-        sequence: u64,
-        payload: bytes::Bytes,
-        matches: &[Arc<crate::subscriptions::Live>],
-    ) -> anyhow::Result<()> {
-        let mut pending = Vec::with_capacity(matches.len());
+    /// Publishes `tasks` and waits for every PubAck.
+    async fn queue(&self, event: &Event, tasks: Vec<Delivery>) -> anyhow::Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut pending = Vec::with_capacity(tasks.len());
         // Every task carries this span's trace context: each attempt's span is its child.
         let trace_headers = common::trace_context::current_headers();
-        for live in matches {
-            let task = Delivery {
-                event_id: event.id.clone(),
-                tenant_id: event.tenant_id.clone(),
-                subscription_id: live.sub.id.clone(),
-                event_type: event.r#type.clone(),
-                agent_id: event.agent_id.clone(),
-                payload: payload.to_vec(),
-                event_sequence: sequence,
-                accepted_at: event.accepted_at,
-                origin: DeliveryOrigin::Live as i32,
-                attempt: 1,
-                ..Default::default()
-            };
+        for task in tasks {
             let mut publish = PublishMessage::build().payload(task.encode_to_vec().into());
             if let Some(headers) = &trace_headers {
                 publish = publish.headers(headers.clone());
             }
-            let publish = publish.message_id(subjects::delivery_msg_id(&event.id, &live.sub.id));
-            let subject = subjects::delivery_subject(&event.tenant_id, &live.sub.id);
+            let publish =
+                publish.message_id(subjects::delivery_msg_id(&event.id, &task.subscription_id));
+            let subject = subjects::delivery_subject(&event.tenant_id, &task.subscription_id);
             pending.push(self.js.send_publish(subject, publish).await?);
         }
         for ack in pending {
             ack.await?;
         }
         Ok(())
+    }
+}
+
+/// The first attempt's task of `event` for `live`.
+fn task_of(
+    event: &Event,
+    sequence: u64,
+    payload: &bytes::Bytes,
+    live: &crate::subscriptions::Live,
+) -> Delivery {
+    Delivery {
+        event_id: event.id.clone(),
+        tenant_id: event.tenant_id.clone(),
+        subscription_id: live.sub.id.clone(),
+        event_type: event.r#type.clone(),
+        agent_id: event.agent_id.clone(),
+        payload: payload.to_vec(),
+        event_sequence: sequence,
+        accepted_at: event.accepted_at,
+        origin: DeliveryOrigin::Live as i32,
+        attempt: 1,
+        ..Default::default()
     }
 }
 

@@ -42,9 +42,11 @@ pub struct Metrics {
     pub dead_letters: Family<Reason, Counter>,
     /// Tasks handed back without an attempt, by reason.
     pub handed_back: Family<Reason, Counter>,
-    /// Events fanned out, and delivery tasks queued by the fan-out.
+    /// Events fanned out, and the deliveries (event × subscription) they became.
     pub events_fanned_out: Counter,
     pub tasks_queued: Counter,
+    /// Of those, the ones whose first attempt the fan-out made itself.
+    pub direct_first_attempts: Counter,
     pub in_flight: Gauge,
     /// Seconds from sending the request to the end of the answer.
     pub attempt_duration: Histogram,
@@ -69,6 +71,7 @@ impl Default for Metrics {
         let handed_back = Family::<Reason, Counter>::default();
         let events_fanned_out = Counter::default();
         let tasks_queued = Counter::default();
+        let direct_first_attempts = Counter::default();
         let in_flight = Gauge::default();
         let attempt_duration = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -109,8 +112,13 @@ impl Default for Metrics {
         );
         registry.register(
             "delivery_tasks_queued",
-            "Delivery tasks queued by the fan-out",
+            "Deliveries (event x subscription) taken on by the fan-out, first attempted directly or queued as a task",
             tasks_queued.clone(),
+        );
+        registry.register(
+            "delivery_direct_first_attempts",
+            "Deliveries whose first attempt the fan-out made itself instead of queuing a task",
+            direct_first_attempts.clone(),
         );
         registry.register(
             "deliveries_in_flight",
@@ -160,6 +168,7 @@ impl Default for Metrics {
             handed_back,
             events_fanned_out,
             tasks_queued,
+            direct_first_attempts,
             in_flight,
             attempt_duration,
             delivery_latency,

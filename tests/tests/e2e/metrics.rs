@@ -492,6 +492,11 @@ async fn both_services_export_prometheus_metrics_that_move_with_traffic() {
     );
     assert_eq!(d("webhooks_delivery_tasks_queued_total", &[]), 3.0);
     assert_eq!(
+        d("webhooks_delivery_direct_first_attempts_total", &[]),
+        3.0,
+        "a free endpoint takes every first attempt straight from the fan-out"
+    );
+    assert_eq!(
         d("webhooks_delivery_attempt_duration_seconds_count", &[]),
         5.0
     );

@@ -440,3 +440,87 @@ async fn a_target_that_is_private_at_delivery_time_is_refused_by_the_dispatcher(
     }
     assert_eq!(receiver.count(), 0, "nothing reached the private address");
 }
+
+/// A counter of the dispatcher's `/metrics`, by its exact sample name.
+async fn dispatcher_counter(sys: &System, name: &str) -> f64 {
+    let addr = sys.dispatcher.as_ref().expect("dispatcher").addr;
+    let text = sys
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+}
+
+#[tokio::test]
+async fn with_direct_first_attempts_off_every_first_attempt_goes_through_a_queued_task() {
+    let sys = system_with(|s| s.direct_first_attempt = false).await;
+    let key = sys.tenant_key("acme").await;
+    let receiver = TestReceiver::start(vec![500, 200]).await.unwrap();
+    let (_, secret) = sys
+        .subscribe(
+            &key,
+            json!({"url": receiver.url(), "event_types": ["*"], "retry": {"schedule_ms": [50]}}),
+        )
+        .await;
+    let id = sys.send_event(&key, event("call.started", "a1")).await;
+    for n in ["1", "2"] {
+        let got = receiver.recv_within(SOON).await.expect("an attempt");
+        got.verify(&secret).unwrap();
+        assert_eq!(got.header("webhook-id"), Some(id.as_str()));
+        assert_eq!(got.header("webhook-attempt"), Some(n));
+    }
+    assert!(receiver.expect_none(QUIET).await.is_none());
+    assert_eq!(
+        dispatcher_counter(&sys, "webhooks_delivery_direct_first_attempts_total").await,
+        0.0
+    );
+    assert_eq!(
+        dispatcher_counter(&sys, "webhooks_delivery_tasks_queued_total").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn first_attempts_an_endpoint_cannot_take_now_are_queued_and_all_arrive_once() {
+    // One slot per endpoint and a slow receiver: while one first attempt runs straight from
+    // the fan-out, the others find the endpoint busy and are queued as tasks instead.
+    let sys = system_with(|s| s.per_endpoint_in_flight = 1).await;
+    let key = sys.tenant_key("acme").await;
+    let receiver = TestReceiver::start_with_delay(vec![], Duration::from_millis(100))
+        .await
+        .unwrap();
+    let (_, secret) = sys
+        .subscribe(&key, json!({"url": receiver.url(), "event_types": ["*"]}))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(sys.send_event(&key, event("call.started", "a1")).await);
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let r = receiver.recv_within(SOON).await.expect("a delivery");
+        r.verify(&secret).unwrap();
+        assert_eq!(
+            r.header("webhook-attempt"),
+            Some("1"),
+            "no attempt was spent waiting"
+        );
+        got.push(r.header("webhook-id").unwrap().to_owned());
+    }
+    assert!(receiver.expect_none(QUIET).await.is_none(), "each once");
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    let direct = dispatcher_counter(&sys, "webhooks_delivery_direct_first_attempts_total").await;
+    assert!(
+        (1.0..5.0).contains(&direct),
+        "some direct, some queued: {direct}"
+    );
+}
