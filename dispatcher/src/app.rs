@@ -60,7 +60,9 @@ impl App {
             .await
             .with_context(|| format!("binding {}", settings.metrics_listen))?;
         let client = common::nats::connect(&settings.shared, "dispatcher").await?;
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(pub_acks_in_flight(&settings))
+            .build(client.clone());
         let stores = common::topology::ensure(&js, &settings.shared).await?;
         let background = CancellationToken::new();
         let index = Index::new(settings.shared.master_keys.clone());
@@ -276,6 +278,16 @@ impl App {
         }
         result
     }
+}
+
+/// PubAcks the JetStream context lets wait at once. A publish beyond it waits for a permit,
+/// so a holder that waits for more (a fan-out queuing its tasks) could starve every other: the
+/// fan-out queues at most [`crate::fanout::QUEUE_CHUNK`] tasks at a time, and this leaves room
+/// for all of them, every delivery's attempt record and retry, and the replay lane.
+fn pub_acks_in_flight(settings: &Settings) -> usize {
+    settings.fanout_concurrency * crate::fanout::QUEUE_CHUNK
+        + 2 * (settings.max_in_flight + settings.replay_max_in_flight)
+        + 1024
 }
 
 /// A deliveries consumer: explicit acks, an ack wait longer than any attempt, and no

@@ -16,8 +16,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Deliveries in flight at once in this process (`WEBHOOKS_MAX_IN_FLIGHT`, 1024).
     pub max_in_flight: usize,
-    /// Events fanned out at once (`WEBHOOKS_FANOUT_CONCURRENCY`, 1024); with direct first
-    /// attempts an event holds its slot for its first attempts.
+    /// Events being fanned out at once (`WEBHOOKS_FANOUT_CONCURRENCY`, 128): matched and
+    /// waiting for their endpoints' slots. An event gives its slot back once its first attempts
+    /// are admitted, so this bounds the waiting, not the attempts (the endpoint slots do).
     pub fanout_concurrency: usize,
     /// Make each live delivery's first attempt straight from the fan-out and queue a task only
     /// when it fails or the endpoint cannot take it now (`WEBHOOKS_DIRECT_FIRST_ATTEMPT`, true).
@@ -30,7 +31,9 @@ pub struct Settings {
     /// Replayed and redriven deliveries in flight at once (`WEBHOOKS_REPLAY_MAX_IN_FLIGHT`, 64):
     /// a lane of their own, so they never hold back live traffic.
     pub replay_max_in_flight: usize,
-    /// Deliveries in flight to one endpoint at once (`WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT`, 128).
+    /// Deliveries in flight to one endpoint at once (`WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT`, 32).
+    /// 32 keep one fast endpoint at its full rate (docs/benchmarks.md); more only hold more
+    /// connections and memory.
     pub per_endpoint_in_flight: usize,
     /// Consecutive failures that open an endpoint's circuit (`WEBHOOKS_BREAKER_THRESHOLD`, 5).
     pub breaker_threshold: u32,
@@ -54,12 +57,12 @@ impl Settings {
             http_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
             max_in_flight: 1024,
-            fanout_concurrency: 1024,
+            fanout_concurrency: 128,
             direct_first_attempt: true,
             ack_wait: Duration::from_secs(45),
             shutdown_grace: Duration::from_secs(20),
             replay_max_in_flight: 64,
-            per_endpoint_in_flight: 128,
+            per_endpoint_in_flight: 32,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(5),
             breaker_max_cooldown: Duration::from_secs(300),

@@ -42,6 +42,10 @@ use crate::{
 const UNKNOWN_SUBSCRIPTION_RETRIES: i64 = 30;
 /// JetStream deliveries of one message after which it is dead-lettered as a system error.
 const SAFETY_NET_DELIVERIES: i64 = 10_000;
+/// How long the fan-out waits for a busy endpoint's slot before queuing the task instead: long
+/// enough to ride out a burst to a healthy endpoint, short enough that a blackholed one (all
+/// slots held by requests that will time out) costs other events little.
+const DIRECT_SLOT_WAIT: Duration = Duration::from_millis(100);
 /// Longest error text kept in attempt records and dead letters.
 const MAX_ERROR_CHARS: usize = 512;
 
@@ -69,8 +73,10 @@ pub struct Tried {
 }
 
 impl crate::pull::Handler for Deliverer {
-    fn handle(&self, message: jetstream::Message) -> impl std::future::Future<Output = ()> + Send {
-        Deliverer::handle(self, message)
+    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
+        // Held to the end: `max_in_flight` bounds the deliveries running at once.
+        Deliverer::handle(self, message).await;
+        drop(permit);
     }
 }
 
@@ -249,14 +255,16 @@ impl Deliverer {
     }
 
     /// Admits a live event's first attempt straight from the fan-out: only when the
-    /// subscription is enabled and its endpoint has a free slot, a closed circuit and rate to
-    /// spare. Anything else is queued as a task, whose consumer knows how to wait.
-    pub fn admit_direct(&self, live: &Live) -> Option<Admission> {
+    /// subscription is enabled and its endpoint has a closed circuit, rate to spare and a slot
+    /// free within [`DIRECT_SLOT_WAIT`]. Anything else is queued as a task, whose consumer
+    /// knows how to wait.
+    pub async fn admit_direct(&self, live: &Live) -> Option<Admission> {
         if !live.sub.enabled {
             return None;
         }
         self.gate
-            .admit(&live.sub.id, live.sub.rate_limit_per_s)
+            .admit_within(&live.sub.id, live.sub.rate_limit_per_s, DIRECT_SLOT_WAIT)
+            .await
             .ok()
     }
 

@@ -24,6 +24,9 @@ use tracing::Instrument as _;
 
 use crate::subscriptions::Index;
 
+/// Tasks one event publishes before awaiting their PubAcks (see `app::pub_acks_in_flight`).
+pub const QUEUE_CHUNK: usize = 64;
+
 /// Shared by the fan-out tasks.
 pub struct Fanout {
     pub js: jetstream::Context,
@@ -35,13 +38,20 @@ pub struct Fanout {
 }
 
 impl crate::pull::Handler for Fanout {
-    fn handle(&self, message: jetstream::Message) -> impl std::future::Future<Output = ()> + Send {
-        Fanout::handle(self, message)
+    fn handle(
+        &self,
+        message: jetstream::Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        Fanout::handle(self, message, permit)
     }
 }
 
 impl Fanout {
-    async fn handle(&self, message: jetstream::Message) {
+    /// The pull permit is given back once the first attempts are admitted: from then on the
+    /// event waits only on its endpoints, whose slots bound it, and a slow endpoint does not
+    /// keep other events from being fanned out.
+    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
         let event = match Event::decode(message.payload.as_ref()) {
             Ok(event) => event,
             Err(error) => {
@@ -73,11 +83,16 @@ impl Fanout {
             let mut queued = Vec::new();
             for live in matches {
                 let task = task_of(&event, sequence, &payload, &live);
-                match self.direct.as_ref().and_then(|d| d.admit_direct(&live)) {
+                let admission = match &self.direct {
+                    Some(d) => d.admit_direct(&live).await,
+                    None => None,
+                };
+                match admission {
                     Some(admission) => direct.push((live, task, admission)),
                     None => queued.push(task),
                 }
             }
+            drop(permit);
             let (direct_count, total) = (direct.len() as u64, (direct.len() + queued.len()) as u64);
             let attempts =
                 futures::future::join_all(direct.into_iter().map(|(live, task, admission)| {
@@ -111,14 +126,28 @@ impl Fanout {
         .await
     }
 
-    /// Publishes `tasks` and waits for every PubAck.
+    /// Publishes `tasks` and waits for every PubAck, [`QUEUE_CHUNK`] at a time.
     async fn queue(&self, event: &Event, tasks: Vec<Delivery>) -> anyhow::Result<()> {
         if tasks.is_empty() {
             return Ok(());
         }
-        let mut pending = Vec::with_capacity(tasks.len());
         // Every task carries this span's trace context: each attempt's span is its child.
         let trace_headers = common::trace_context::current_headers();
+        let mut tasks = tasks.into_iter().peekable();
+        while tasks.peek().is_some() {
+            self.queue_chunk(event, tasks.by_ref().take(QUEUE_CHUNK), &trace_headers)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn queue_chunk(
+        &self,
+        event: &Event,
+        tasks: impl Iterator<Item = Delivery>,
+        trace_headers: &Option<async_nats::HeaderMap>,
+    ) -> anyhow::Result<()> {
+        let mut pending = Vec::with_capacity(QUEUE_CHUNK);
         for task in tasks {
             let mut publish = PublishMessage::build().payload(task.encode_to_vec().into());
             if let Some(headers) = &trace_headers {

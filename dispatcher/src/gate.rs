@@ -58,6 +58,9 @@ struct Endpoint {
     limiter: Mutex<Option<(u32, Limiter)>>,
 }
 
+/// How long a task refused for a busy endpoint waits before it is offered again.
+const BUSY_DELAY: Duration = Duration::from_millis(250);
+
 /// Admission for every endpoint this replica delivers to.
 pub struct Gate {
     config: GateConfig,
@@ -106,6 +109,63 @@ impl Gate {
 
     /// Admits one delivery to `subscription` now, or says how long to wait.
     pub fn admit(&self, subscription: &str, rate_limit_per_s: u32) -> Result<Admission, Refusal> {
+        let (endpoint, probe) = self.precheck(subscription, rate_limit_per_s)?;
+        match endpoint.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(self.admission(endpoint, slot, probe)),
+            Err(_) => Err(Self::refuse(&endpoint, probe, Refusal::Busy(BUSY_DELAY))),
+        }
+    }
+
+    /// Like [`Gate::admit`], but waits up to `wait` for a free slot of a busy endpoint (an
+    /// open circuit or a spent rate is refused at once). The fan-out waits here, so a burst
+    /// to a saturated endpoint slows the fan-out down instead of turning into queued tasks
+    /// handed back again and again.
+    pub async fn admit_within(
+        &self,
+        subscription: &str,
+        rate_limit_per_s: u32,
+        wait: Duration,
+    ) -> Result<Admission, Refusal> {
+        let (endpoint, probe) = self.precheck(subscription, rate_limit_per_s)?;
+        match tokio::time::timeout(wait, endpoint.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Ok(self.admission(endpoint, slot, probe)),
+            _ => Err(Self::refuse(&endpoint, probe, Refusal::Busy(BUSY_DELAY))),
+        }
+    }
+
+    fn admission(
+        &self,
+        endpoint: Arc<Endpoint>,
+        slot: OwnedSemaphorePermit,
+        probe: bool,
+    ) -> Admission {
+        Admission {
+            endpoint,
+            _slot: slot,
+            config: self.config.clone(),
+            probe,
+        }
+    }
+
+    /// A refusal after the breaker let a probe through: the probe is not made.
+    fn refuse(endpoint: &Endpoint, probe: bool, refusal: Refusal) -> Refusal {
+        if probe {
+            endpoint
+                .breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .probing = false;
+        }
+        refusal
+    }
+
+    /// The breaker's and the rate limit's say: the endpoint, and whether this is the probe of
+    /// a half-open circuit.
+    fn precheck(
+        &self,
+        subscription: &str,
+        rate_limit_per_s: u32,
+    ) -> Result<(Arc<Endpoint>, bool), Refusal> {
         let endpoint = self.endpoint(subscription);
         let probe = {
             let mut b = endpoint.breaker.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,16 +184,6 @@ impl Gate {
                 None => false,
             }
         };
-        let refuse = |refusal| {
-            if probe {
-                endpoint
-                    .breaker
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .probing = false;
-            }
-            Err(refusal)
-        };
         if let Some(rate) = NonZeroU32::new(rate_limit_per_s) {
             let mut limiter = endpoint.limiter.lock().unwrap_or_else(|p| p.into_inner());
             if limiter.as_ref().is_none_or(|(r, _)| *r != rate.get()) {
@@ -143,18 +193,15 @@ impl Gate {
                 && let Err(not_until) = l.check()
             {
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                return refuse(Refusal::RateLimited(wait.max(Duration::from_millis(10))));
+                drop(limiter);
+                return Err(Self::refuse(
+                    &endpoint,
+                    probe,
+                    Refusal::RateLimited(wait.max(Duration::from_millis(10))),
+                ));
             }
         }
-        match endpoint.slots.clone().try_acquire_owned() {
-            Ok(slot) => Ok(Admission {
-                endpoint,
-                _slot: slot,
-                config: self.config.clone(),
-                probe,
-            }),
-            Err(_) => refuse(Refusal::Busy(Duration::from_millis(250))),
-        }
+        Ok((endpoint, probe))
     }
 
     /// The circuit state of `subscription`'s endpoint.
@@ -232,6 +279,35 @@ mod tests {
             breaker_cooldown: Duration::from_millis(cooldown_ms),
             breaker_max_cooldown: Duration::from_millis(cooldown_ms * 4),
         })
+    }
+
+    #[tokio::test]
+    async fn admit_within_waits_for_a_slot_freed_in_time_and_refuses_as_busy_after() {
+        let g = Arc::new(gate(1, 1000));
+        let held = g.admit("s", 0).unwrap();
+        let wait = Duration::from_millis(200);
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            held.finish(false);
+        });
+        let second = g.admit_within("s", 0, wait).await;
+        assert!(second.is_ok(), "the slot freed after 20 ms is taken");
+        release.await.unwrap();
+        let started = std::time::Instant::now();
+        let third = g.admit_within("s", 0, Duration::from_millis(30)).await;
+        assert!(matches!(third, Err(Refusal::Busy(_))));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        // An open circuit is refused at once, without waiting.
+        drop(second);
+        for _ in 0..3 {
+            g.admit("s", 0).unwrap().finish(true);
+        }
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            g.admit_within("s", 0, Duration::from_secs(5)).await,
+            Err(Refusal::CircuitOpen(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn build(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.http_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
+        // Every delivery in flight may be to one host (many subscriptions can share a
+        // receiver): keeping fewer idle would close and reopen connections under load.
+        .pool_max_idle_per_host(settings.max_in_flight + settings.replay_max_in_flight)
         .tcp_nodelay(true)
         .user_agent(concat!("OpenWebhooks/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(std::sync::Arc::new(GuardedResolver {

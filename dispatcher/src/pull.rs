@@ -5,12 +5,18 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-/// What a loop does with each message. The handler acks, naks or terminates it itself.
+/// What a loop does with each message. The handler acks, naks or terminates it itself, and
+/// holds `permit` (one of the loop's `concurrency`) for as long as the message should count
+/// against it: to the end, or less when the rest of its work is bounded elsewhere.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, message: jetstream::Message) -> impl Future<Output = ()> + Send;
+    fn handle(
+        &self,
+        message: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// How long a stopping loop keeps taking already-pulled messages to hand them back.
@@ -51,10 +57,7 @@ pub async fn run<H: Handler>(
             },
         };
         let handler = handler.clone();
-        tracker.spawn(async move {
-            handler.handle(message).await;
-            drop(permit);
-        });
+        tracker.spawn(async move { handler.handle(message, permit).await });
     }
     let deadline = tokio::time::Instant::now() + HAND_BACK_WINDOW;
     let mut handed_back = 0usize;

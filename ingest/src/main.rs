@@ -2,6 +2,11 @@
 
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: glibc's malloc and free were about a fifth of
+/// the CPU under load (docs/benchmarks.md, "Profile").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = common::telemetry::init("ingest");
