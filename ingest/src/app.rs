@@ -19,9 +19,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, nats_ingest::NatsIngest, routes};
 
-/// Shared by every handler.
+/// Shared by every handler: one `Arc`, because axum clones the state for every request (and
+/// every middleware), and a NATS client or JetStream context clone is several reference counts
+/// and a channel sender each (the profile showed their clones and drops per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<State>);
+
+impl std::ops::Deref for AppState {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct State {
     pub settings: Arc<Settings>,
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
@@ -77,7 +89,7 @@ impl App {
         let rate_limit = Arc::new(crate::rate_limit::TenantRateLimit::new(
             settings.tenant_rate_limit,
         ));
-        let state = AppState {
+        let state = AppState(Arc::new(State {
             rate_limit,
             settings: Arc::new(settings),
             client,
@@ -88,7 +100,7 @@ impl App {
             mirrors_ready: [keys_ready, subs_ready],
             draining: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(crate::metrics::Metrics::default()),
-        };
+        }));
         Ok(App {
             listener,
             state,
