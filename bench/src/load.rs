@@ -10,10 +10,13 @@ use serde_json::Value;
 /// Size of one event's JSON, as the issue asks.
 pub const EVENT_BYTES: usize = 500;
 
-/// A `call.failed` event of exactly [`EVENT_BYTES`] bytes, for agent `agent_<agent>`.
+/// The type of every event the load generator sends.
+pub const EVENT_TYPE: &str = "call.failed";
+
+/// An [`EVENT_TYPE`] event of exactly [`EVENT_BYTES`] bytes, for agent `agent_<agent>`.
 pub fn event_json(id: &str, agent: usize) -> String {
     let head = format!(
-        r#"{{"id":"{id}","type":"call.failed","agent_id":"agent_{agent:03}","call_id":"call_{id}","data":{{"failure_code":"sip_503","message":""#
+        r#"{{"id":"{id}","type":"{EVENT_TYPE}","agent_id":"agent_{agent:03}","call_id":"call_{id}","data":{{"failure_code":"sip_503","message":""#
     );
     let tail = r#""}}"#;
     let pad = EVENT_BYTES.saturating_sub(head.len() + tail.len()).max(1);
@@ -68,15 +71,27 @@ impl Sent {
 pub struct Target {
     pub client: reqwest::Client,
     pub api: String,
-    pub key: String,
+    /// One API key per tenant; event n goes to tenant `n % keys.len()`.
+    pub keys: Arc<Vec<String>>,
     /// Events go to agents `0..agents` round robin.
     pub agents: usize,
 }
 
 impl Target {
+    /// The (tenant, agent) of event `n`: both round robin. The one place that decides it, for
+    /// the sender and for the expected deliveries alike.
+    pub fn place(&self, n: usize) -> (usize, usize) {
+        (n % self.keys.len().max(1), n % self.agents.max(1))
+    }
+
+    /// The API key of event `n`'s tenant.
+    pub fn key(&self, n: usize) -> &str {
+        self.keys.get(self.place(n).0).map_or("", String::as_str)
+    }
+
     /// Posts one event, retrying (same id, so idempotent) on transport errors, 429 and 5xx.
     async fn post_one(&self, sent: &Sent, n: usize) {
-        let body = event_json(&format!("e{n}"), n % self.agents);
+        let body = event_json(&format!("e{n}"), self.place(n).1);
         for attempt in 0..20 {
             if attempt > 0 {
                 sent.retries.fetch_add(1, Relaxed);
@@ -85,7 +100,7 @@ impl Target {
             let r = self
                 .client
                 .post(format!("{}/v1/events", self.api))
-                .bearer_auth(&self.key)
+                .bearer_auth(self.key(n))
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
@@ -112,8 +127,9 @@ impl Target {
         }
     }
 
-    /// Posts events `from..to` as one batch; retries the whole batch (idempotent ids) on
-    /// transport errors, 429 and 5xx.
+    /// Posts events `from..to` as one batch, with the key of `from`'s tenant (so batches are for
+    /// one tenant: the runner refuses batches with several); retries the whole batch
+    /// (idempotent ids) on transport errors, 429 and 5xx.
     async fn post_batch(&self, sent: &Sent, from: usize, to: usize) {
         let mut body = String::with_capacity((to - from) * (EVENT_BYTES + 1) + 16);
         body.push_str(r#"{"events":["#);
@@ -121,7 +137,7 @@ impl Target {
             if n > from {
                 body.push(',');
             }
-            body.push_str(&event_json(&format!("e{n}"), n % self.agents));
+            body.push_str(&event_json(&format!("e{n}"), self.place(n).1));
         }
         body.push_str("]}");
         let now = sent.now();
@@ -136,7 +152,7 @@ impl Target {
             let r = self
                 .client
                 .post(format!("{}/v1/events/batch", self.api))
-                .bearer_auth(&self.key)
+                .bearer_auth(self.key(from))
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()

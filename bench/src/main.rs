@@ -7,21 +7,30 @@
 //!
 //! `bench receiver --listen 127.0.0.1:9999 [--blackhole]` is the receiver on its own.
 
+mod layout;
 mod load;
 mod receiver;
+mod setup;
 mod system;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use layout::Layout;
 use load::{Sent, Target};
-use receiver::Recv;
-use system::{ADMIN_TOKEN, Bins, System};
+use receiver::{Expect, Recv};
+use system::{Bins, System};
+
+/// Requests in flight while issuing keys and creating subscriptions.
+const SETUP_IN_FLIGHT: usize = 64;
+/// How long the dispatcher may take to have applied every subscription after the last create.
+const CATCH_UP: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug)]
 enum Load {
@@ -35,10 +44,8 @@ struct Scenario {
     id: &'static str,
     title: &'static str,
     events: usize,
-    subs: usize,
-    /// Subscription k takes only agent k's events (and events go round robin over the agents);
-    /// otherwise every subscription takes every event.
-    per_agent: bool,
+    /// The tenants, subscriptions and their filters.
+    layout: Layout,
     /// The first `blackholed` subscriptions never answer.
     blackholed: usize,
     load: Load,
@@ -50,8 +57,7 @@ fn scenarios() -> Vec<Scenario> {
             id: "1",
             title: "single events, 64 in flight, 1 subscription",
             events: 20_000,
-            subs: 1,
-            per_agent: false,
+            layout: Layout::Every { subs: 1 },
             blackholed: 0,
             load: Load::Single { in_flight: 64 },
         },
@@ -59,8 +65,7 @@ fn scenarios() -> Vec<Scenario> {
             id: "2",
             title: "batches of 250, 4 in flight, 1 subscription",
             events: 50_000,
-            subs: 1,
-            per_agent: false,
+            layout: Layout::Every { subs: 1 },
             blackholed: 0,
             load: Load::Batch {
                 size: 250,
@@ -71,8 +76,7 @@ fn scenarios() -> Vec<Scenario> {
             id: "3",
             title: "fan-out to 10 subscriptions, single events, 64 in flight",
             events: 20_000,
-            subs: 10,
-            per_agent: false,
+            layout: Layout::Every { subs: 10 },
             blackholed: 0,
             load: Load::Single { in_flight: 64 },
         },
@@ -80,8 +84,7 @@ fn scenarios() -> Vec<Scenario> {
             id: "4a",
             title: "open loop 500 events/s for 10 s, 1 subscription",
             events: 5_000,
-            subs: 1,
-            per_agent: false,
+            layout: Layout::Every { subs: 1 },
             blackholed: 0,
             load: Load::Open { rate: 500.0 },
         },
@@ -89,8 +92,7 @@ fn scenarios() -> Vec<Scenario> {
             id: "4b",
             title: "open loop 5,000 events/s for 5 s, 1 subscription",
             events: 25_000,
-            subs: 1,
-            per_agent: false,
+            layout: Layout::Every { subs: 1 },
             blackholed: 0,
             load: Load::Open { rate: 5_000.0 },
         },
@@ -98,8 +100,7 @@ fn scenarios() -> Vec<Scenario> {
             id: "5a",
             title: "baseline for 5b: 100 subscriptions (one agent each), open loop 500/s for 10 s",
             events: 5_000,
-            subs: 100,
-            per_agent: true,
+            layout: Layout::PerAgent { subs: 100 },
             blackholed: 0,
             load: Load::Open { rate: 500.0 },
         },
@@ -107,48 +108,28 @@ fn scenarios() -> Vec<Scenario> {
             id: "5b",
             title: "as 5a with 1 of the 100 subscriptions blackholed (never answers)",
             events: 5_000,
-            subs: 100,
-            per_agent: true,
+            layout: Layout::PerAgent { subs: 100 },
             blackholed: 1,
             load: Load::Open { rate: 500.0 },
+        },
+        Scenario {
+            id: "6",
+            title: "10,000 tenants, 100,000 subscriptions (each event matches 1), single events, 64 in flight",
+            events: 20_000,
+            layout: Layout::Tenants { tenants: 10_000 },
+            blackholed: 0,
+            load: Load::Single { in_flight: 64 },
         },
     ]
 }
 
 impl Scenario {
-    fn agents(&self) -> usize {
-        if self.per_agent { self.subs } else { 1 }
-    }
-
-    fn matches(&self, sub: usize, event: usize) -> bool {
-        !self.per_agent || event % self.subs == sub
-    }
-
     fn healthy(&self, sub: usize) -> bool {
         sub >= self.blackholed
     }
 }
 
 type Metrics = BTreeMap<String, f64>;
-
-async fn post_json(
-    client: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let mut req = client.post(url).bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let r = req.send().await?;
-    let status = r.status();
-    let text = r.text().await?;
-    if !status.is_success() {
-        bail!("POST {url}: {status} {text}");
-    }
-    Ok(serde_json::from_str(&text)?)
-}
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -196,69 +177,98 @@ async fn measure(
     client: &reqwest::Client,
     tck: f64,
 ) -> anyhow::Result<Metrics> {
-    let key = post_json(
-        client,
-        &format!("{}/v1/admin/tenants/bench/api-keys", sys.api),
-        ADMIN_TOKEN,
-        None,
-    )
-    .await?["key"]
-        .as_str()
-        .context("no key in the admin reply")?
-        .to_string();
+    if matches!(s.load, Load::Batch { .. }) && s.layout.tenants() > 1 {
+        bail!("a batch is one tenant's, and this layout has several");
+    }
+    let mut m = Metrics::new();
+    let setup_t0 = Instant::now();
+    let keys = setup::issue_keys(client, &sys.api, s.layout, SETUP_IN_FLIGHT).await?;
+    m.insert("setup_keys_s".into(), setup_t0.elapsed().as_secs_f64());
+    let target = Target {
+        client: client.clone(),
+        api: sys.api.clone(),
+        keys: Arc::new(keys),
+        agents: s.layout.agents(),
+    };
 
     let start = Instant::now();
-    let blackhole = (0..s.subs).map(|k| !s.healthy(k)).collect();
-    let recv = Recv::new(start, s.events, s.subs, blackhole);
+    // The deliveries each measured event should make: its tenant's subscriptions that match it.
+    let expect = Expect::new((0..s.events).map(|n| {
+        let (tenant, agent) = target.place(n);
+        s.layout.targets(tenant, agent)
+    }));
+    let blackhole = (0..s.layout.subs()).map(|k| !s.healthy(k)).collect();
+    let recv = Recv::new(start, expect, blackhole);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let server = receiver::serve(recv.clone(), listener);
 
-    let mut secrets = Vec::with_capacity(s.subs);
-    for k in 0..s.subs {
-        let mut body = json!({
-            "url": format!("http://127.0.0.1:{port}/s/{k}"),
-            "event_types": ["*"],
-            "description": format!("bench {k}"),
-        });
-        if s.per_agent {
-            body["agent_ids"] = json!([format!("agent_{k:03}")]);
-        }
-        let sub = post_json(
-            client,
-            &format!("{}/v1/subscriptions", sys.api),
-            &key,
-            Some(body),
-        )
-        .await?;
-        secrets.push(sub["secret"].as_str().context("no secret")?.to_string());
-    }
+    let (probe_sub, probe_tenant, probe_agent) = s
+        .layout
+        .probe(|k| s.healthy(k))
+        .context("no healthy subscription that an event reaches")?;
+    let subs_t0 = Instant::now();
+    let secrets = setup::create_subscriptions(
+        client,
+        &sys.api,
+        target.keys.clone(),
+        s.layout,
+        port,
+        SETUP_IN_FLIGHT,
+        probe_sub,
+    )
+    .await?;
+    let subs_s = subs_t0.elapsed().as_secs_f64();
+    m.insert("setup_subscriptions_s".into(), subs_s);
+    m.insert(
+        "setup_subscriptions_per_s".into(),
+        s.layout.subs() as f64 / subs_s,
+    );
     *recv.secrets.write().unwrap_or_else(|e| e.into_inner()) = secrets;
 
-    let target = Target {
-        client: client.clone(),
-        api: sys.api.clone(),
-        key: key.clone(),
-        agents: s.agents(),
-    };
+    // The probe subscription was created last, so once it gets an event the dispatcher's index
+    // holds every subscription; until then an event may match nothing and be dropped, so the
+    // probe is sent again (a new id each time).
+    let probe_key = target
+        .keys
+        .get(probe_tenant)
+        .context("no key for the probe")?;
+    let catch_up_t0 = Instant::now();
+    for attempt in 0.. {
+        let body = load::event_json(&format!("p{attempt}"), probe_agent);
+        setup::send_event(client, &sys.api, probe_key, body)
+            .await
+            .context("probe event")?;
+        let sent_at = Instant::now();
+        while recv.probes.load(Relaxed) == 0 && sent_at.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if recv.probes.load(Relaxed) > 0 {
+            break;
+        }
+        if catch_up_t0.elapsed() > CATCH_UP {
+            bail!("the dispatcher did not deliver to the last subscription within {CATCH_UP:?}");
+        }
+    }
+    m.insert(
+        "setup_index_catch_up_s".into(),
+        catch_up_t0.elapsed().as_secs_f64(),
+    );
 
-    // Warm-up: the dispatcher has seen the subscriptions and every connection is open.
-    let warm = 200.max(s.agents());
+    // Warm-up: every connection is open.
+    let warm = 200.max(s.layout.agents());
     let mut warm_expected = 0u64;
     for n in 0..warm {
-        let body = load::event_json(&format!("w{n}"), n % s.agents());
-        let r = client
-            .post(format!("{}/v1/events", sys.api))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await?;
-        if r.status().as_u16() != 202 {
-            bail!("warm-up event: {} {}", r.status(), r.text().await?);
-        }
-        warm_expected += (0..s.subs)
-            .filter(|&k| s.healthy(k) && s.matches(k, n))
+        let (tenant, agent) = target.place(n);
+        let body = load::event_json(&format!("w{n}"), agent);
+        setup::send_event(client, &sys.api, target.key(n), body)
+            .await
+            .context("warm-up")?;
+        warm_expected += s
+            .layout
+            .targets(tenant, agent)
+            .into_iter()
+            .filter(|&k| s.healthy(k))
             .count() as u64;
     }
     if !wait_until(
@@ -272,6 +282,13 @@ async fn measure(
     }
 
     let pids = sys.pids();
+    // What the services hold once every subscription is loaded, before the load.
+    for (name, pid) in &pids {
+        m.insert(
+            format!("rss_mib_{name}_before_load"),
+            system::rss_mib(&pid.to_string())?,
+        );
+    }
     let cpu_before: Vec<f64> = pids
         .iter()
         .map(|(_, pid)| system::cpu_seconds(&pid.to_string(), tck))
@@ -290,25 +307,18 @@ async fn measure(
         Load::Open { rate } => load::open_loop(&target, &sent, s.events, rate).await,
     }
     let accepted: Vec<bool> = sent.accepted.iter().map(|a| a.load(Relaxed)).collect();
-    let expected: u64 = (0..s.subs)
-        .filter(|&k| s.healthy(k))
-        .map(|k| {
-            (0..s.events)
-                .filter(|&n| accepted[n] && s.matches(k, n))
-                .count() as u64
-        })
-        .sum();
+    let expected: u64 = recv
+        .expect
+        .pairs()
+        .filter(|&(_, k, n)| accepted[n] && s.healthy(k))
+        .count() as u64;
     // Only deliveries of healthy subscriptions count towards completion.
     let healthy_delivered = || -> u64 {
-        (0..s.subs)
-            .filter(|&k| s.healthy(k))
-            .map(|k| {
-                recv.first_ns[k * s.events..(k + 1) * s.events]
-                    .iter()
-                    .filter(|t| t.load(Relaxed) > 0)
-                    .count() as u64
-            })
-            .sum()
+        recv.first_ns
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| t.load(Relaxed) > 0 && s.healthy(recv.expect.sub(*i)))
+            .count() as u64
     };
     let complete = wait_until(
         "deliveries",
@@ -332,34 +342,27 @@ async fn measure(
     // Late duplicates (redeliveries) get a second to show up.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut m = Metrics::new();
     let mut lat = Vec::new();
-    let (mut lost, mut dups, mut misrouted, mut delivered, mut last_ns) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    for k in 0..s.subs {
-        for (n, &was_accepted) in accepted.iter().enumerate() {
-            let slot = k * s.events + n;
-            let count = recv.counts[slot].load(Relaxed) as u64;
-            let first = recv.first_ns[slot].load(Relaxed);
-            if !s.matches(k, n) {
-                misrouted += count;
-                continue;
-            }
-            dups += count.saturating_sub(1);
-            if !s.healthy(k) {
-                continue;
-            }
-            if count == 0 {
-                if was_accepted {
-                    lost += 1;
-                }
-                continue;
-            }
-            delivered += 1;
-            last_ns = last_ns.max(first);
-            lat.push(first.saturating_sub(sent.send_ns[n].load(Relaxed)));
+    let (mut lost, mut dups, mut delivered, mut last_ns) = (0u64, 0u64, 0u64, 0u64);
+    for (slot, k, n) in recv.expect.pairs() {
+        let count = recv.counts[slot].load(Relaxed) as u64;
+        let first = recv.first_ns[slot].load(Relaxed);
+        dups += count.saturating_sub(1);
+        if !s.healthy(k) {
+            continue;
         }
+        if count == 0 {
+            if accepted[n] {
+                lost += 1;
+            }
+            continue;
+        }
+        delivered += 1;
+        last_ns = last_ns.max(first);
+        lat.push(first.saturating_sub(sent.send_ns[n].load(Relaxed)));
     }
+    // Receipts of a measured event by a subscription it should not reach.
+    let misrouted = recv.misrouted.load(Relaxed);
     lat.sort_unstable();
     let accepted_n = sent.accepted_count() as f64;
     let ack_span = (sent.last_ack_ns.load(Relaxed).saturating_sub(load_t0)) as f64 / 1e9;
@@ -603,6 +606,21 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
                 m["duplicates"],
                 m["cpu_ms_per_delivery_services"]
             );
+            eprintln!(
+                "  setup: {} keys in {:.1} s, {} subscriptions in {:.1} s ({:.0}/s), index caught up {:.1} s later; RSS MiB before load nats / ingest / dispatcher {:.0} / {:.0} / {:.0}, peak {:.0} / {:.0} / {:.0}",
+                s.layout.tenants(),
+                m["setup_keys_s"],
+                s.layout.subs(),
+                m["setup_subscriptions_s"],
+                m["setup_subscriptions_per_s"],
+                m["setup_index_catch_up_s"],
+                m["rss_mib_nats_before_load"],
+                m["rss_mib_ingest_before_load"],
+                m["rss_mib_dispatcher_before_load"],
+                m["peak_rss_mib_nats"],
+                m["peak_rss_mib_ingest"],
+                m["peak_rss_mib_dispatcher"],
+            );
             done.push(m);
         }
         results.push((s, done));
@@ -618,7 +636,8 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
                 "id": s.id,
                 "title": s.title,
                 "events": s.events,
-                "subscriptions": s.subs,
+                "subscriptions": s.layout.subs(),
+                "tenants": s.layout.tenants(),
                 "blackholed": s.blackholed,
                 "load": format!("{:?}", s.load),
                 "event_bytes": load::EVENT_BYTES,

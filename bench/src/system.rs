@@ -71,6 +71,12 @@ impl System {
         client: &reqwest::Client,
     ) -> anyhow::Result<()> {
         let sys = self;
+        // A second benchmark on the same ports would otherwise pass every readiness check on
+        // the first one's services, and wipe its store below.
+        for port in [NATS_PORT, NATS_MONITOR_PORT, INGEST_PORT, DISPATCHER_PORT] {
+            std::net::TcpListener::bind(("127.0.0.1", port))
+                .with_context(|| format!("port {port} is in use: is another benchmark running?"))?;
+        }
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let nats = spawn(
@@ -91,6 +97,7 @@ impl System {
             "nats-server",
         )
         .await?;
+        sys.check_alive()?;
 
         let master = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
         let log = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into());
@@ -114,6 +121,7 @@ impl System {
         sys.procs
             .push(("ingest", spawn(&mut ingest, dir, "ingest")?));
         wait_ready(client, &format!("{}/readyz", sys.api), "ingest").await?;
+        sys.check_alive()?;
         // The dispatcher starts after ingest so the streams exist (either may create them).
         let mut dispatcher = Command::new(&bins.dispatcher);
         env(&mut dispatcher);
@@ -129,6 +137,17 @@ impl System {
             "dispatcher",
         )
         .await?;
+        sys.check_alive()?;
+        Ok(())
+    }
+
+    /// Fails if a started process has already exited (a port taken, a bad setting).
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.procs {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited during start ({status}); see its log");
+            }
+        }
         Ok(())
     }
 
@@ -186,15 +205,25 @@ pub fn cpu_seconds(pid: &str, tck: f64) -> anyhow::Result<f64> {
 
 /// Peak resident set (VmHWM) of `pid` in MiB.
 pub fn peak_rss_mib(pid: &str) -> anyhow::Result<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// Resident set now (VmRSS) of `pid` in MiB.
+pub fn rss_mib(pid: &str) -> anyhow::Result<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: &str, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field}"))?;
     let kib: f64 = line
         .split_whitespace()
         .nth(1)
-        .context("malformed VmHWM")?
+        .with_context(|| format!("malformed {field}"))?
         .parse()?;
     Ok(kib / 1024.0)
 }
