@@ -4,6 +4,8 @@
 //!
 //! - [`nats`]: [`NatsServer`], one throwaway `nats-server -js` per test, so tests never share
 //!   streams or consumers and fault tests can kill and restart the broker.
+//! - [`cluster`]: [`NatsCluster`], a three-node JetStream cluster on loopback whose nodes can be
+//!   killed one by one.
 //! - [`receiver`]: [`TestReceiver`], an HTTP endpoint that answers with a scripted sequence of
 //!   statuses and records every request, and [`Received`], which checks signatures with the
 //!   independent `standardwebhooks` crate rather than our own signer.
@@ -14,12 +16,14 @@
 //!   behind [`TestReceiver::start_tls`].
 //! - `src/bin/demo_receiver.rs`: a standalone verifying receiver for the README demo.
 
+pub mod cluster;
 pub mod nats;
 pub mod otlp;
 pub mod receiver;
 pub mod tls;
 pub mod wait;
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use otlp::{ExportedSpan, OtlpReceiver};
 pub use receiver::{Received, TestReceiver};

@@ -46,9 +46,7 @@ impl NatsServer {
     /// The port is chosen by the server itself (`-p -1`) and read back from its log, which avoids
     /// the bind-then-release race. The binary comes from `NATS_SERVER_BIN`, else `PATH`.
     pub async fn start() -> anyhow::Result<NatsServer> {
-        let bin = std::env::var_os(BIN_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let bin = binary();
         let dir = tempfile::Builder::new()
             .prefix("testkit-nats-")
             .tempdir()
@@ -199,8 +197,15 @@ impl Drop for NatsServer {
     }
 }
 
+/// The `nats-server` binary: `NATS_SERVER_BIN`, else the one on `PATH`.
+pub(crate) fn binary() -> PathBuf {
+    std::env::var_os(BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
 /// Explains a failed spawn, with the install hint when the binary is missing.
-fn spawn_error(bin: &Path, e: std::io::Error) -> anyhow::Error {
+pub(crate) fn spawn_error(bin: &Path, e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         anyhow!(
             "nats-server binary {} not found (set {BIN_ENV} or put it on PATH: {INSTALL_HINT})",

@@ -78,15 +78,15 @@ async fn post_events(sys: &System, key: &str, n: usize, tag: &str) -> Vec<String
 
 /// What a receiver saw, per event id: every request verified, counted, with its statuses.
 #[derive(Default)]
-struct Tally {
+pub(crate) struct Tally {
     /// Event id → the statuses the receiver answered its requests with, in arrival order.
-    seen: BTreeMap<String, Vec<u16>>,
-    requests: usize,
+    pub(crate) seen: BTreeMap<String, Vec<u16>>,
+    pub(crate) requests: usize,
 }
 
 impl Tally {
     /// Takes requests until every id in `expected` got a 2xx, or panics after `within`.
-    async fn until_delivered(
+    pub(crate) async fn until_delivered(
         &mut self,
         receiver: &TestReceiver,
         secret: &str,
@@ -114,7 +114,12 @@ impl Tally {
     }
 
     /// Takes whatever arrives until the receiver has been quiet for `quiet`.
-    async fn until_quiet(&mut self, receiver: &TestReceiver, secret: &str, quiet: Duration) {
+    pub(crate) async fn until_quiet(
+        &mut self,
+        receiver: &TestReceiver,
+        secret: &str,
+        quiet: Duration,
+    ) {
         while let Some(got) = receiver.recv_within(quiet).await {
             self.take(&got, secret);
         }
@@ -150,7 +155,7 @@ impl Tally {
     }
 
     /// Successful requests beyond the first, per event: what a receiver must deduplicate.
-    fn duplicates(&self) -> usize {
+    pub(crate) fn duplicates(&self) -> usize {
         self.seen
             .values()
             .map(|s| s.iter().filter(|c| (200..300).contains(*c)).count())

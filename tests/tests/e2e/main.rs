@@ -6,6 +6,7 @@
 mod helpers;
 mod procs;
 
+mod cluster;
 mod dead_letters;
 mod delivery;
 mod faults;

@@ -68,6 +68,11 @@ impl Proc {
     /// ack wait 9 s (three times the timeout), so work a killed process held comes back in 9 s.
     /// `env` is applied last and can override anything.
     pub async fn dispatcher(nats: &NatsServer, env: &[(&str, &str)]) -> Proc {
+        Proc::dispatcher_at(&nats.url(), env).await
+    }
+
+    /// [`Proc::dispatcher`] against the NATS servers of `nats_url` (comma-separated).
+    pub async fn dispatcher_at(nats_url: &str, env: &[(&str, &str)]) -> Proc {
         let addr = free_addr();
         let mut all = vec![
             ("WEBHOOKS_METRICS_LISTEN", addr.to_string()),
@@ -75,12 +80,17 @@ impl Proc {
             ("WEBHOOKS_SHUTDOWN_GRACE", "10s".to_owned()),
         ];
         all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        Proc::start("dispatcher", nats, addr, &all).await
+        Proc::start("dispatcher", nats_url, addr, &all).await
     }
 
     /// Starts an `ingest` against `nats` (admin token [`ADMIN_TOKEN`](crate::helpers::ADMIN_TOKEN),
     /// listening on a free loopback port) and waits until it is ready. `env` is applied last.
     pub async fn ingest(nats: &NatsServer, env: &[(&str, &str)]) -> Proc {
+        Proc::ingest_at(&nats.url(), env).await
+    }
+
+    /// [`Proc::ingest`] against the NATS servers of `nats_url` (comma-separated).
+    pub async fn ingest_at(nats_url: &str, env: &[(&str, &str)]) -> Proc {
         let addr = free_addr();
         let mut all = vec![
             ("WEBHOOKS_LISTEN", addr.to_string()),
@@ -90,7 +100,7 @@ impl Proc {
             ),
         ];
         all.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        Proc::start("ingest", nats, addr, &all).await
+        Proc::start("ingest", nats_url, addr, &all).await
     }
 
     /// The address it serves HTTP on (the API for ingest, `/metrics` for a dispatcher).
@@ -98,12 +108,7 @@ impl Proc {
         self.addr
     }
 
-    async fn start(
-        name: &str,
-        nats: &NatsServer,
-        addr: SocketAddr,
-        env: &[(&str, String)],
-    ) -> Proc {
+    async fn start(name: &str, nats_url: &str, addr: SocketAddr, env: &[(&str, String)]) -> Proc {
         let dir = tempfile::Builder::new()
             .prefix(&format!("e2e-{name}-"))
             .tempdir()
@@ -114,7 +119,7 @@ impl Proc {
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("NATS_URL", nats.url())
+            .env("NATS_URL", nats_url)
             .env("WEBHOOKS_ALLOW_HTTP", "true")
             .env("WEBHOOKS_ALLOW_PRIVATE_TARGETS", "127.0.0.0/8")
             .env("WEBHOOKS_EVENTS_MAX_BYTES", (256 * 1024 * 1024).to_string())
