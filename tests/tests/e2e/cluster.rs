@@ -169,7 +169,7 @@ async fn a_nats_node_killed_mid_stream_and_a_rolling_dispatcher_restart_lose_not
     let mut cluster = NatsCluster::start(3).await.unwrap();
     let urls = cluster.urls();
     let ingest = Proc::ingest_at(&urls, &REPLICAS).await;
-    let mut dispatchers = vec![
+    let mut dispatchers = [
         Proc::dispatcher_at(&urls, &REPLICAS).await,
         Proc::dispatcher_at(&urls, &REPLICAS).await,
     ];
