@@ -238,15 +238,15 @@ async fn a_nats_node_killed_mid_stream_and_a_rolling_dispatcher_restart_lose_not
         2000,
         accepted.clone(),
     ));
-    for i in 0..dispatchers.len() {
+    for (i, dispatcher) in dispatchers.iter_mut().enumerate() {
         wait_for(&accepted, 400 * (i + 1)).await;
-        dispatchers[i].sigterm().await;
-        let status = dispatchers[i].wait_exit(Duration::from_secs(30)).await;
+        dispatcher.sigterm().await;
+        let status = dispatcher.wait_exit(Duration::from_secs(30)).await;
         assert!(
             status.success(),
             "a drained dispatcher exits cleanly: {status}"
         );
-        dispatchers[i] = Proc::dispatcher_at(&urls, &REPLICAS).await;
+        *dispatcher = Proc::dispatcher_at(&urls, &REPLICAS).await;
     }
     let produced = producer.await.unwrap();
     assert_eq!(produced.accepted.len(), 2000);
