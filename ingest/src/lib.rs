@@ -13,12 +13,15 @@
 //! - [`rate_limit`]: the per-tenant event rate (`WEBHOOKS_TENANT_RATE_LIMIT`), per replica.
 //! - [`metrics`]: Prometheus metrics, `GET /metrics`.
 //! - [`error`]: `ApiError`, answered as problem+json.
+//! - [`dashboard`]: the browser dashboard at `/dashboard`, static files embedded in the binary
+//!   that call the public API with the user's key.
 //! - [`openapi`]: the OpenAPI document (`GET /openapi.json`), generated from the handlers'
 //!   annotations and the event catalog.
 
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod nats_ingest;

@@ -14,8 +14,12 @@
 //! - [`wait`]: [`eventually`], bounded polling for conditions that become true asynchronously.
 //! - [`tls`]: [`TestCa`], a throwaway CA issuing receiver certificates, and the rustls listener
 //!   behind [`TestReceiver::start_tls`].
+//! - [`browser`]: [`Browser`], headless Chromium over WebDriver (its own chromedriver), with
+//!   helpers that find controls by label and buttons by text, poll, take screenshots and check
+//!   labels, horizontal scrolling and console errors.
 //! - `src/bin/demo_receiver.rs`: a standalone verifying receiver for the README demo.
 
+pub mod browser;
 pub mod cluster;
 pub mod nats;
 pub mod otlp;
@@ -23,6 +27,7 @@ pub mod receiver;
 pub mod tls;
 pub mod wait;
 
+pub use browser::Browser;
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use otlp::{ExportedSpan, OtlpReceiver};

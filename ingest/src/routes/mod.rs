@@ -78,6 +78,9 @@ pub fn router(state: AppState) -> Router {
             post(admin::create_key),
         )
         .route("/v1/admin/api-keys/{id}", delete(admin::revoke_key))
+        // The browser dashboard (static files, no key, no data): a client of the API above,
+        // deliberately not in the OpenAPI document nor in `openapi::ROUTES`.
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async {
             ApiError::Rejected {

@@ -7,6 +7,7 @@ mod helpers;
 mod procs;
 
 mod cluster;
+mod dashboard;
 mod dead_letters;
 mod delivery;
 mod faults;
