@@ -2,11 +2,20 @@
 //! rate limit. A task that is not admitted is handed back to JetStream with a delay and
 //! without an attempt, so our own throttling never burns the endpoint's attempts (the attempt
 //! number travels in the task, see `deliver`). All of it is per replica and in memory.
+//!
+//! An endpoint's state is kept only while it matters: an entry nobody holds, unused for
+//! [`IDLE`] with a closed and clean circuit (or for twice the longest cool-down, whatever its
+//! circuit), is forgotten, so a replica's memory follows the endpoints it delivers to now, not
+//! every endpoint it ever delivered to (deleted subscriptions included). Sweeps run when the
+//! table has doubled since the last one, and on every metrics scrape.
 
 use std::{
     collections::HashMap,
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -56,6 +65,21 @@ struct Endpoint {
     slots: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
     limiter: Mutex<Option<(u32, Limiter)>>,
+    /// When it was last asked for, in milliseconds since the gate was made.
+    last_used_ms: AtomicU64,
+}
+
+/// How long an unused endpoint with a clean, closed circuit is remembered. Its rate limiter
+/// has long refilled by then, so forgetting it changes nothing.
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// The table is not swept below this many entries.
+const MIN_SWEEP_AT: usize = 1024;
+
+struct Endpoints {
+    map: HashMap<String, Arc<Endpoint>>,
+    /// The size at which inserting sweeps first.
+    sweep_at: usize,
 }
 
 /// How long a task refused for a busy endpoint waits before it is offered again.
@@ -64,7 +88,8 @@ const BUSY_DELAY: Duration = Duration::from_millis(250);
 /// Admission for every endpoint this replica delivers to.
 pub struct Gate {
     config: GateConfig,
-    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    endpoints: Mutex<Endpoints>,
+    epoch: Instant,
 }
 
 /// Held while a delivery runs; tells the breaker how it went.
@@ -87,24 +112,73 @@ impl Gate {
     pub fn new(config: GateConfig) -> Self {
         Self {
             config,
-            endpoints: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(Endpoints {
+                map: HashMap::new(),
+                sweep_at: MIN_SWEEP_AT,
+            }),
+            epoch: Instant::now(),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn endpoint(&self, subscription: &str) -> Arc<Endpoint> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(subscription.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Endpoint {
-                    slots: Arc::new(Semaphore::new(self.config.per_endpoint)),
-                    breaker: Mutex::new(Breaker {
-                        cooldown: self.config.breaker_cooldown,
-                        ..Default::default()
-                    }),
-                    limiter: Mutex::new(None),
-                })
-            })
-            .clone()
+        let now = self.now_ms();
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(endpoint) = endpoints.map.get(subscription) {
+            endpoint.last_used_ms.store(now, Ordering::Relaxed);
+            return endpoint.clone();
+        }
+        if endpoints.map.len() >= endpoints.sweep_at {
+            self.sweep_locked(&mut endpoints, now);
+        }
+        let endpoint = Arc::new(Endpoint {
+            slots: Arc::new(Semaphore::new(self.config.per_endpoint)),
+            breaker: Mutex::new(Breaker {
+                cooldown: self.config.breaker_cooldown,
+                ..Default::default()
+            }),
+            limiter: Mutex::new(None),
+            last_used_ms: AtomicU64::new(now),
+        });
+        endpoints
+            .map
+            .insert(subscription.to_owned(), endpoint.clone());
+        endpoint
+    }
+
+    /// Forgets the endpoints that no longer matter (see the module's documentation).
+    fn sweep_locked(&self, endpoints: &mut Endpoints, now_ms: u64) {
+        let idle_ms = u64::try_from(IDLE.as_millis()).unwrap_or(u64::MAX);
+        let stale_ms = u64::try_from((self.config.breaker_max_cooldown * 2).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(idle_ms);
+        endpoints.map.retain(|_, endpoint| {
+            // Held by an admission or a check under way: in use.
+            if Arc::strong_count(endpoint) > 1 {
+                return true;
+            }
+            let idle = now_ms.saturating_sub(endpoint.last_used_ms.load(Ordering::Relaxed));
+            let clean = {
+                let b = endpoint.breaker.lock().unwrap_or_else(|p| p.into_inner());
+                b.failures == 0 && b.open_until.is_none() && !b.probing
+            };
+            !(idle >= stale_ms || (clean && idle >= idle_ms))
+        });
+        endpoints.sweep_at = (endpoints.map.len() * 2).max(MIN_SWEEP_AT);
+    }
+
+    /// How many endpoints this replica remembers, after forgetting those that no longer matter.
+    pub fn sweep(&self) -> usize {
+        self.sweep_as_of(self.now_ms())
+    }
+
+    fn sweep_as_of(&self, now: u64) -> usize {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        self.sweep_locked(&mut endpoints, now);
+        endpoints.map.len()
     }
 
     /// Admits one delivery to `subscription` now, or says how long to wait.
@@ -217,10 +291,12 @@ impl Gate {
 
     /// How many endpoints have an open and a half-open circuit now, for metrics.
     pub fn circuit_counts(&self) -> (usize, usize) {
+        self.sweep();
         let endpoints: Vec<Arc<Endpoint>> = self
             .endpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .map
             .values()
             .cloned()
             .collect();
@@ -308,6 +384,45 @@ mod tests {
             Err(Refusal::CircuitOpen(_))
         ));
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn endpoints_are_forgotten_when_idle_unless_held_or_their_circuit_still_matters() {
+        let g = Gate::new(GateConfig {
+            per_endpoint: 4,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(5),
+            breaker_max_cooldown: Duration::from_secs(300),
+        });
+        for i in 0..5000 {
+            g.admit(&format!("sub_{i}"), 10).unwrap().finish(false);
+        }
+        let held = g.admit("held", 0).unwrap();
+        for _ in 0..3 {
+            g.admit("failing", 0).unwrap().finish(true);
+        }
+        assert_eq!(g.state("failing"), CircuitState::Open);
+        let now = g.now_ms();
+        assert_eq!(g.sweep_as_of(now), 5002, "nothing is idle yet");
+
+        let idle = u64::try_from(IDLE.as_millis()).unwrap();
+        assert_eq!(
+            g.sweep_as_of(now + idle),
+            2,
+            "the clean, idle endpoints are forgotten; the held and the failing one stay"
+        );
+        assert_eq!(
+            g.state("failing"),
+            CircuitState::Open,
+            "its circuit is kept"
+        );
+        // Twice the longest cool-down later, even a failing endpoint's state is stale; one
+        // that is still held never goes.
+        assert_eq!(g.sweep_as_of(g.now_ms() + 600_001), 1);
+        held.finish(false);
+        assert_eq!(g.sweep_as_of(g.now_ms() + idle), 0);
+        // A forgotten endpoint starts afresh.
+        assert!(g.admit("sub_1", 10).is_ok());
     }
 
     #[test]
