@@ -354,8 +354,9 @@ async fn poll_consumers(
 }
 
 async fn render_metrics(State(h): State<Probe>) -> impl axum::response::IntoResponse {
+    let tracked = h.deliverer.gate.sweep();
     let (open, half_open) = h.deliverer.gate.circuit_counts();
-    h.metrics.circuits(open, half_open);
+    h.metrics.circuits(open, half_open, tracked);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// Endpoints whose circuit is `open` or `half_open` in this replica.
     pub circuit_breakers: Family<CircuitLabel, Gauge>,
+    /// Endpoints whose admission state (slots, circuit, rate limit) this replica keeps.
+    pub endpoints_tracked: Gauge,
     /// Messages of a consumer's stream not yet delivered to it (its lag).
     pub consumer_pending: Family<ConsumerLabel, Gauge>,
     /// Messages delivered to a consumer and not yet acknowledged.
@@ -81,6 +83,7 @@ impl Default for Metrics {
             900.0, 3600.0, 21600.0,
         ]);
         let circuit_breakers = Family::<CircuitLabel, Gauge>::default();
+        let endpoints_tracked = Gauge::default();
         let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_redelivered = Family::<ConsumerLabel, Gauge>::default();
@@ -143,6 +146,11 @@ impl Default for Metrics {
             circuit_breakers.clone(),
         );
         registry.register(
+            "endpoints_tracked",
+            "Endpoints whose admission state (slots, circuit, rate limit) this replica keeps: those used in the last minute or with a failing circuit",
+            endpoints_tracked.clone(),
+        );
+        registry.register(
             "consumer_pending_messages",
             "Messages not yet delivered to the durable consumer (lag)",
             consumer_pending.clone(),
@@ -173,6 +181,7 @@ impl Default for Metrics {
             attempt_duration,
             delivery_latency,
             circuit_breakers,
+            endpoints_tracked,
             consumer_pending,
             consumer_ack_pending,
             consumer_redelivered,
@@ -194,8 +203,11 @@ impl Metrics {
         self.deliveries.get_or_create(&Outcome { outcome }).inc();
     }
 
-    /// Sets the circuit breaker gauges from [`crate::gate::Gate::circuit_counts`].
-    pub fn circuits(&self, open: usize, half_open: usize) {
+    /// Sets the circuit breaker gauges from [`crate::gate::Gate::circuit_counts`], and the
+    /// count of endpoints the gate keeps from [`crate::gate::Gate::sweep`].
+    pub fn circuits(&self, open: usize, half_open: usize, tracked: usize) {
+        self.endpoints_tracked
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
         for (state, n) in [("open", open), ("half_open", half_open)] {
             self.circuit_breakers
                 .get_or_create(&CircuitLabel { state })

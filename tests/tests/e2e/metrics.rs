@@ -507,6 +507,11 @@ async fn both_services_export_prometheus_metrics_that_move_with_traffic() {
         after_d.label_values("webhooks_circuit_breakers", "state"),
         BTreeSet::from(["half_open".to_owned(), "open".to_owned()])
     );
+    assert_eq!(
+        after_d.value("webhooks_endpoints_tracked", &[]),
+        2.0,
+        "the two endpoints delivered to a moment ago"
+    );
     let consumers = BTreeSet::from([
         subjects::FANOUT_CONSUMER.to_owned(),
         subjects::DELIVER_CONSUMER.to_owned(),
