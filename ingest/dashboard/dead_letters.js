@@ -76,14 +76,13 @@ export function deadLettersPage(ctx, root) {
     fill(list,
       table(
         'Dead letters',
-        ['Event', 'Type', 'Reason', 'Failed by', 'Attempts', 'Last status', 'Last error', 'Dead at', ''],
+        ['Event', 'Reason', 'Attempts', 'Last status', 'Last error', 'Dead at', ''],
         letters.map((letter) => {
           const event = h('code', { class: 'id', id: uid('dead-letter') }, letter.event_id ?? '');
+          const by = letter.failed_by ? `failed by ${letter.failed_by}` : null;
           return [
-            event,
-            orDash(letter.event_type),
-            letter.reason ?? '',
-            orDash(letter.failed_by),
+            h('div', {}, event, letter.event_type ? h('div', { class: 'muted' }, letter.event_type) : null),
+            h('div', {}, letter.reason ?? '', by ? h('div', { class: 'muted' }, by) : null),
             String(letter.attempts ?? ''),
             orDash(letter.last_status_code),
             letter.last_error ? h('span', { class: 'error-text' }, letter.last_error) : orDash(null),

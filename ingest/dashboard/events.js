@@ -197,7 +197,7 @@ function rangeSection(ctx) {
   });
   return h(
     'section',
-    { class: 'card', 'aria-labelledby': 'range-heading' },
+    { class: 'card after-list', 'aria-labelledby': 'range-heading' },
     h('h2', { id: 'range-heading' }, 'Replay a time range'),
     h('p', { class: 'muted' }, 'Sends every event accepted in the range that the subscription’s filters match again, with its original webhook-id, so receivers can deduplicate.'),
     form,

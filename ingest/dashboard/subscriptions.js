@@ -178,7 +178,7 @@ export async function subscriptionForm(ctx, root, router, id) {
   const form = h(
     'form',
     { class: 'card form', novalidate: true },
-    field('Endpoint URL', url, 'Where events are POSTed. It must be https:// and reach a public address.'),
+    field('Endpoint URL', url, 'Where events are POSTed: an https:// URL on a public address (the system refuses others and says why).'),
     fieldset,
     field('Agent filter', agents, 'Comma-separated agent ids. Empty: events of all agents.'),
     field('Description', description, 'Optional, for you: what this endpoint is.'),

@@ -36,6 +36,24 @@ async fn check_page(browser: &Browser, page: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// At desktop width (1280×800) every table fits its card: no column, and no row's button, is
+/// hidden behind a horizontal scroll (on a phone they may scroll; see `no_horizontal_scroll`).
+async fn tables_fit(browser: &Browser, page: &str) -> anyhow::Result<()> {
+    let overflowing = browser
+        .js(
+            r#"return [...document.querySelectorAll('.table-wrap')]
+                .filter((w) => w.getClientRects().length && w.scrollWidth > w.clientWidth + 1)
+                .map((w) => `${w.getAttribute('aria-label') ?? 'a table'}: ${w.scrollWidth} px in ${w.clientWidth} px`);"#,
+            vec![],
+        )
+        .await?;
+    anyhow::ensure!(
+        overflowing.as_array().is_some_and(|a| a.is_empty()),
+        "{page}: tables wider than their card at 1280 px: {overflowing}"
+    );
+    Ok(())
+}
+
 /// The next request to the receiver, whose signature must verify against `secret`.
 async fn delivery(receiver: &TestReceiver, secret: &str, what: &str) -> Received {
     let got = receiver
@@ -377,6 +395,7 @@ async fn the_dashboard_runs_the_whole_product_flow_in_a_real_browser() -> anyhow
     )
     .await?;
     browser.screenshot("attempts").await?;
+    tables_fit(&browser, "attempts").await?;
 
     // --- Events: replay one, replay a range ----------------------------------------------
     browser.click_link("Events").await?;
@@ -388,6 +407,7 @@ async fn the_dashboard_runs_the_whole_product_flow_in_a_real_browser() -> anyhow
     );
     check_page(&browser, "events").await?;
     browser.screenshot("events").await?;
+    tables_fit(&browser, "events").await?;
     browser
         .wait_for_xpath(&format!(
             "{}//button[normalize-space()='Replay']",
@@ -462,6 +482,7 @@ async fn the_dashboard_runs_the_whole_product_flow_in_a_real_browser() -> anyhow
     }
     check_page(&browser, "dead letters").await?;
     browser.screenshot("dead-letters").await?;
+    tables_fit(&browser, "dead letters").await?;
 
     receiver.answer_after_script(200)?;
     browser
