@@ -172,19 +172,7 @@ fn task_of(
     payload: &bytes::Bytes,
     live: &crate::subscriptions::Live,
 ) -> Delivery {
-    Delivery {
-        event_id: event.id.clone(),
-        tenant_id: event.tenant_id.clone(),
-        subscription_id: live.sub.id.clone(),
-        event_type: event.r#type.clone(),
-        agent_id: event.agent_id.clone(),
-        payload: payload.to_vec(),
-        event_sequence: sequence,
-        accepted_at: event.accepted_at,
-        origin: DeliveryOrigin::Live as i32,
-        attempt: 1,
-        ..Default::default()
-    }
+    Delivery::first_attempt(event, sequence, &live.sub.id, payload, DeliveryOrigin::Live)
 }
 
 /// Acks, logging a failure: an ack that does not arrive means a redelivery, which the

@@ -22,6 +22,32 @@ pub mod validate;
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/webhooks.v1.rs"));
 
+    impl Delivery {
+        /// The task of `event`'s first attempt to `subscription_id`, carrying the rendered
+        /// envelope `payload`: for the live fan-out, a replay or any other `origin`.
+        pub fn first_attempt(
+            event: &Event,
+            sequence: u64,
+            subscription_id: &str,
+            payload: &[u8],
+            origin: DeliveryOrigin,
+        ) -> Self {
+            Delivery {
+                event_id: event.id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                subscription_id: subscription_id.to_owned(),
+                event_type: event.r#type.clone(),
+                agent_id: event.agent_id.clone(),
+                payload: payload.to_vec(),
+                event_sequence: sequence,
+                accepted_at: event.accepted_at,
+                origin: origin as i32,
+                attempt: 1,
+                ..Default::default()
+            }
+        }
+    }
+
     /// Never prints the secret: a legacy plaintext one shows as `***`, a sealed one as its length.
     impl std::fmt::Debug for SigningSecret {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

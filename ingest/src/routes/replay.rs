@@ -51,19 +51,13 @@ const CLOCK_SLACK: Duration = Duration::from_secs(5);
 
 /// A replay task for `event` (at `sequence`) to `subscription`, carrying `payload`.
 fn task(event: &Event, sequence: u64, subscription: &str, payload: &[u8]) -> Delivery {
-    Delivery {
-        event_id: event.id.clone(),
-        tenant_id: event.tenant_id.clone(),
-        subscription_id: subscription.to_owned(),
-        event_type: event.r#type.clone(),
-        agent_id: event.agent_id.clone(),
-        payload: payload.to_vec(),
-        event_sequence: sequence,
-        accepted_at: event.accepted_at,
-        origin: DeliveryOrigin::Replay as i32,
-        attempt: 1,
-        ..Default::default()
-    }
+    Delivery::first_attempt(
+        event,
+        sequence,
+        subscription,
+        payload,
+        DeliveryOrigin::Replay,
+    )
 }
 
 /// Publishes `tasks` to the replays lane at once and awaits every PubAck.
