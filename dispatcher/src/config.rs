@@ -46,6 +46,14 @@ pub struct Settings {
     /// `WEBHOOKS_EXTRA_CA_CERTS`: a PEM file of CA certificates trusted for receivers on top of
     /// the built-in roots (Mozilla's, compiled in); unreadable or certificate-free refuses to start.
     pub extra_ca_certs: Option<PathBuf>,
+    /// Tasks the deliveries and replays consumers hand out before an ack
+    /// (`WEBHOOKS_DELIVER_MAX_ACK_PENDING`, 20,000). Only due work is ever pending there: a
+    /// waiting retry is in the waiting room, not in a consumer (see `waiting`).
+    pub deliver_max_ack_pending: i64,
+    /// Deliveries in flight at once for one tenant in this process
+    /// (`WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT`, a quarter of `WEBHOOKS_MAX_IN_FLIGHT`): a tenant
+    /// with a thousand saturated endpoints gets its share, not the whole pipe.
+    pub per_tenant_in_flight: usize,
 }
 
 impl Settings {
@@ -68,6 +76,8 @@ impl Settings {
             breaker_max_cooldown: Duration::from_secs(300),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             extra_ca_certs: None,
+            deliver_max_ack_pending: 20_000,
+            per_tenant_in_flight: 256,
         }
     }
 
@@ -94,6 +104,14 @@ impl Settings {
             env.duration("WEBHOOKS_BREAKER_MAX_COOLDOWN", s.breaker_max_cooldown)?;
         s.disable_after = env.duration("WEBHOOKS_DISABLE_AFTER", s.disable_after)?;
         s.extra_ca_certs = env.string("WEBHOOKS_EXTRA_CA_CERTS").map(PathBuf::from);
+        s.deliver_max_ack_pending = env.parse(
+            "WEBHOOKS_DELIVER_MAX_ACK_PENDING",
+            s.deliver_max_ack_pending,
+        )?;
+        s.per_tenant_in_flight = env.parse(
+            "WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT",
+            (s.max_in_flight / 4).max(1),
+        )?;
         s.ack_wait = (s.http_timeout * 3).max(s.http_timeout + Duration::from_secs(6));
         s.check()?;
         Ok(s)
@@ -111,6 +129,8 @@ impl Settings {
             || self.fanout_concurrency == 0
             || self.per_endpoint_in_flight == 0
             || self.replay_max_in_flight == 0
+            || self.per_tenant_in_flight == 0
+            || self.deliver_max_ack_pending <= 0
         {
             return Err(ConfigError::Invalid {
                 name: "WEBHOOKS_MAX_IN_FLIGHT",

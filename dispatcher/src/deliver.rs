@@ -4,16 +4,15 @@
 //! # Attempt counting
 //! The attempt number travels in the task (`Delivery.attempt`), not in JetStream's delivery
 //! count. A retry is a new task for the next attempt with `not_before` set from the schedule,
-//! published (and PubAck'ed) before the old one is acked; when it is pulled too early it is
-//! handed back with `nak(remaining delay)`. So a `nak` never means "an attempt happened", and an
-//! open circuit, a rate limit or a busy endpoint can hand a task back as often as it needs to
-//! without burning the endpoint's attempts. JetStream's delivery count is only a safety net
-//! against a task that is handed back forever.
+//! filed in the waiting room (see `waiting`) and PubAck'ed before the old one is acked. So an
+//! open circuit, a rate limit or a busy endpoint can set a task aside as often as it needs to
+//! without burning the endpoint's attempts.
 //!
-//! # Isolation
-//! The pull loop takes a global permit per message (`max_in_flight`) and never waits on an
-//! endpoint: a task whose endpoint has no free slot is handed back at once (see `gate`).
-
+//! # Waiting costs nothing
+//! Nothing waits in a consumer: a task whose endpoint cannot take it now (busy, open circuit,
+//! rate limit, its tenant's share in use) is filed in the waiting room for its turn on the
+//! endpoint's clock (`Gate::defer`) and acked, so it comes back once, when a slot is likely
+//! free, instead of being handed back every 250 ms; only waits under a second are slept here.
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -29,7 +28,7 @@ use tracing::Instrument as _;
 
 use crate::{
     fanout::ack,
-    gate::{Admission, Gate, Refusal},
+    gate::{Admission, Gate},
     health::Health,
     http_client,
     metrics::{Metrics, Reason},
@@ -42,10 +41,9 @@ use crate::{
 const UNKNOWN_SUBSCRIPTION_RETRIES: i64 = 30;
 /// JetStream deliveries of one message after which it is dead-lettered as a system error.
 const SAFETY_NET_DELIVERIES: i64 = 10_000;
-/// How long the fan-out waits for a busy endpoint's slot before queuing the task instead: long
-/// enough to ride out a burst to a healthy endpoint, short enough that a blackholed one (all
-/// slots held by requests that will time out) costs other events little.
-const DIRECT_SLOT_WAIT: Duration = Duration::from_millis(100);
+/// Tries at storing an outcome (a retry, a deferral) before the task is handed back: rides out
+/// a leader election or a PubAck timeout without making the attempt again.
+const STORE_TRIES: u32 = 6;
 /// Longest error text kept in attempt records and dead letters.
 const MAX_ERROR_CHARS: usize = 512;
 
@@ -57,6 +55,7 @@ pub struct Deliverer {
     pub url_policy: common::urls::UrlPolicy,
     pub gate: Gate,
     pub health: Health,
+    pub waiting: Arc<crate::waiting::Waiting>,
     pub ack_wait: Duration,
     pub metrics: Arc<Metrics>,
 }
@@ -133,10 +132,10 @@ fn deliver_span(task: &Delivery, attempt: u32) -> tracing::Span {
 
 impl Deliverer {
     async fn handle(&self, message: jetstream::Message) {
-        let (sequence, delivered) = message
+        let (sequence, delivered, lane) = message
             .info()
-            .map(|i| (i.stream_sequence, i.delivered))
-            .unwrap_or((0, 1));
+            .map(|i| (i.stream_sequence, i.delivered, i.stream.to_owned()))
+            .unwrap_or((0, 1, String::new()));
         let task = match Delivery::decode(message.payload.as_ref()) {
             Ok(task) => task,
             Err(error) => {
@@ -206,20 +205,28 @@ impl Deliverer {
                 .ok()
         }) && wait > Duration::from_millis(5)
         {
-            self.handed_back("not_before");
-            return ack(&message, AckKind::Nak(Some(wait))).await;
+            if wait <= crate::waiting::SHORT_WAIT {
+                tokio::time::sleep(wait).await;
+            } else {
+                // Filed in its lane early (a clock ahead of ours, or an older version):
+                // it waits in the waiting room, not here.
+                let id = subjects::defer_msg_id(&lane, sequence);
+                return self.set_aside(&message, &task, id, "not_before").await;
+            }
         }
-        let admission = match self.gate.admit(&live.sub.id, live.sub.rate_limit_per_s) {
+        let admission = match self.gate.admit_for(
+            &task.tenant_id,
+            &live.sub.id,
+            live.sub.rate_limit_per_s,
+        ) {
             Ok(admission) => admission,
             Err(refusal) => {
-                let delay = refusal.delay().mul_f64(retry::jitter());
-                tracing::debug!(subscription_id = %live.sub.id, ?refusal, "not admitted, handed back");
-                self.handed_back(match refusal {
-                    Refusal::Busy(_) => "endpoint_busy",
-                    Refusal::CircuitOpen(_) => "circuit_open",
-                    Refusal::RateLimited(_) => "rate_limited",
-                });
-                return ack(&message, AckKind::Nak(Some(delay))).await;
+                let mut later = task.clone();
+                let delay = self.gate.defer(&live.sub.id, refusal);
+                later.not_before = Some(proto::time::from_system(SystemTime::now() + delay));
+                tracing::debug!(subscription_id = %live.sub.id, ?refusal, ?delay, "not admitted, set aside");
+                let id = subjects::defer_msg_id(&lane, sequence);
+                return self.set_aside(&message, &later, id, refusal.reason()).await;
             }
         };
 
@@ -239,10 +246,8 @@ impl Deliverer {
             } => {
                 let next = self.next_attempt(&task, attempt + 1, delay, status, error);
                 let headers = common::trace_context::copy(message.headers.as_ref());
-                match self
-                    .store_retry(&next, headers, subjects::retry_msg_id(sequence))
-                    .await
-                {
+                let id = subjects::retry_msg_id(&lane, sequence);
+                match self.store_retry(&message, &next, headers, id).await {
                     Ok(()) => ack(&message, AckKind::Ack).await,
                     Err(error) => {
                         tracing::warn!(error = %error, "retry not stored, task handed back");
@@ -255,17 +260,36 @@ impl Deliverer {
     }
 
     /// Admits a live event's first attempt straight from the fan-out: only when the
-    /// subscription is enabled and its endpoint has a closed circuit, rate to spare and a slot
-    /// free within [`DIRECT_SLOT_WAIT`]. Anything else is queued as a task, whose consumer
-    /// knows how to wait.
-    pub async fn admit_direct(&self, live: &Live) -> Option<Admission> {
+    /// subscription is enabled and its endpoint has a closed circuit, rate to spare, a slot
+    /// free now and its tenant's share not in use. Never waits: anything else is queued as a
+    /// task, and an event's fan-out never waits on how busy its endpoints are.
+    pub fn admit_direct(&self, live: &Live) -> Option<Admission> {
         if !live.sub.enabled {
             return None;
         }
         self.gate
-            .admit_within(&live.sub.id, live.sub.rate_limit_per_s, DIRECT_SLOT_WAIT)
-            .await
+            .admit_for(&live.sub.tenant_id, &live.sub.id, live.sub.rate_limit_per_s)
             .ok()
+    }
+
+    /// Files `task` in the waiting room under `msg_id` and acks `message`; handed back if it
+    /// cannot be stored.
+    async fn set_aside(
+        &self,
+        message: &jetstream::Message,
+        task: &Delivery,
+        msg_id: String,
+        reason: &'static str,
+    ) {
+        self.handed_back(reason);
+        let headers = common::trace_context::copy(message.headers.as_ref());
+        match self.store_retry(message, task, headers, msg_id).await {
+            Ok(()) => ack(message, AckKind::Ack).await,
+            Err(error) => {
+                tracing::warn!(error = %error, "task not set aside, handed back");
+                ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
     }
 
     /// The first attempt of a live task made straight from the fan-out, with `progress` (the
@@ -295,7 +319,7 @@ impl Deliverer {
                 let next = self.next_attempt(task, 2, delay, status, error);
                 let headers = common::trace_context::current_headers();
                 let id = subjects::delivery_msg_id(&task.event_id, &task.subscription_id);
-                match self.store_retry(&next, headers, id).await {
+                match self.store_retry(progress, &next, headers, id).await {
                     Ok(()) => true,
                     Err(error) => {
                         tracing::warn!(error = %error, "retry not stored, event handed back");
@@ -542,20 +566,50 @@ impl Deliverer {
         next_task
     }
 
-    /// Queues a retry task (with the first attempt's trace context) under `msg_id`.
+    /// Files a task (a retry, or one set aside) in the waiting room under `msg_id`, with the
+    /// first attempt's trace context. A failed store is tried again here a few times, with
+    /// `progress` kept alive, so a PubAck lost in a leader election does not make the attempt
+    /// again.
     async fn store_retry(
         &self,
+        progress: &jetstream::Message,
         next: &Delivery,
         headers: Option<async_nats::HeaderMap>,
         msg_id: String,
     ) -> anyhow::Result<()> {
-        let mut publish = PublishMessage::build().payload(next.encode_to_vec().into());
-        if let Some(headers) = headers {
-            publish = publish.headers(headers);
+        let mut pause = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .waiting
+                .put(next, headers.clone(), msg_id.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(error) if tries >= STORE_TRIES => return Err(error),
+                Err(error) => {
+                    tracing::debug!(error = %error, tries, "task not stored yet, trying again");
+                    ack(progress, AckKind::Progress).await;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
-        let publish = publish.message_id(msg_id);
-        let subject = subjects::task_subject(next.origin(), &next.tenant_id, &next.subscription_id);
-        self.publish(subject, publish).await
+    }
+
+    /// Dead-letters the first attempt of `task` as a `system_error` that no attempt was made
+    /// for (a fan-out that could not store its outcome, `why`). True once it is stored.
+    pub async fn give_up(&self, task: &Delivery, why: &str) -> bool {
+        let death = Death {
+            reason: "system_error",
+            failed_by: "system",
+            attempts: 0,
+            status: None,
+            error: why.to_owned(),
+        };
+        let id = format!("dlq:{}:{}", task.event_id, task.subscription_id);
+        self.store_dead_letter(task, death, id).await.is_ok()
     }
 
     /// Stores a dead letter and only then terminates the task; if the dead letter cannot be

@@ -7,14 +7,22 @@
 //! on the common path where the endpoint is healthy (docs/benchmarks.md has the figures).
 //! `WEBHOOKS_DIRECT_FIRST_ATTEMPT=false` queues every delivery as a task instead.
 //!
+//! # Partial failure
+//! A store that fails (a PubAck lost in a leader election, a full stream) is tried again here
+//! a few times. If a match still cannot be settled, the event is handed back, and the matches
+//! that were settled are recorded first (KV `webhooks_fanout_progress`), so the redelivered
+//! fan-out skips them: a healthy endpoint is not sent its event again because another match
+//! failed. After [`MAX_FANOUT_DELIVERIES`] the remaining matches are dead-lettered as
+//! `system_error` (redrive them once the cause is fixed): the loop always ends, on the record.
+//!
 //! Task ids are `event_id:subscription_id`, so a fan-out that is redelivered (after a crash
 //! between the PubAcks and the ack) publishes duplicates that JetStream drops; a first attempt
 //! made directly is made again in that case (at least once). The envelope is serialised here,
 //! once per event; deliveries only sign it.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, AckKind, message::PublishMessage};
+use async_nats::jetstream::{self, AckKind, kv, message::PublishMessage};
 use prost::Message as _;
 use proto::{
     envelope, subjects,
@@ -26,6 +34,11 @@ use crate::subscriptions::Index;
 
 /// Tasks one event publishes before awaiting their PubAcks (see `app::pub_acks_in_flight`).
 pub const QUEUE_CHUNK: usize = 64;
+/// Deliveries of one event to the fan-out after which its unsettled matches are
+/// dead-lettered rather than tried again.
+pub const MAX_FANOUT_DELIVERIES: i64 = 8;
+/// Tries at queuing a task before the match counts as unsettled.
+const QUEUE_TRIES: u32 = 4;
 
 /// Shared by the fan-out tasks.
 pub struct Fanout {
@@ -33,8 +46,11 @@ pub struct Fanout {
     pub index: Index,
     pub links_base_url: String,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Makes first attempts directly; `None` queues every delivery.
-    pub direct: Option<Arc<crate::deliver::Deliverer>>,
+    /// Makes first attempts directly (when `direct_first_attempt`) and dead letters.
+    pub deliverer: Arc<crate::deliver::Deliverer>,
+    pub direct_first_attempt: bool,
+    /// Settled matches of fan-outs handed back (see the module's documentation).
+    pub progress: kv::Store,
 }
 
 impl crate::pull::Handler for Fanout {
@@ -70,22 +86,40 @@ impl Fanout {
         // The ingest's publish span, from the event message's `traceparent`.
         common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
         async {
-            let matches = self
+            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            let key = subjects::event_index_key(&event.tenant_id, &event.id);
+            let mut settled = if delivered > 1 {
+                self.settled(&key).await
+            } else {
+                HashSet::new()
+            };
+            let matches: Vec<_> = self
                 .index
-                .matches(&event.tenant_id, &event.r#type, &event.agent_id);
+                .matches(&event.tenant_id, &event.r#type, &event.agent_id)
+                .into_iter()
+                .filter(|live| !settled.contains(&live.sub.id))
+                .collect();
             tracing::Span::current().record("matched", matches.len());
             if matches.is_empty() {
+                self.forget(delivered, &key).await;
                 ack(&message, AckKind::Ack).await;
                 return;
             }
             let payload: bytes::Bytes = envelope::render(&event, &self.links_base_url).into();
+            if delivered > MAX_FANOUT_DELIVERIES {
+                drop(permit);
+                return self
+                    .give_up(&message, &event, sequence, &payload, matches, &key)
+                    .await;
+            }
             let mut direct = Vec::new();
             let mut queued = Vec::new();
             for live in matches {
                 let task = task_of(&event, sequence, &payload, &live);
-                let admission = match &self.direct {
-                    Some(d) => d.admit_direct(&live).await,
-                    None => None,
+                let admission = if self.direct_first_attempt {
+                    self.deliverer.admit_direct(&live)
+                } else {
+                    None
                 };
                 match admission {
                     Some(admission) => direct.push((live, task, admission)),
@@ -98,56 +132,89 @@ impl Fanout {
                 futures::future::join_all(direct.into_iter().map(|(live, task, admission)| {
                     let message = &message;
                     async move {
-                        match &self.direct {
-                            Some(d) => d.direct(message, &live, &task, admission).await,
-                            None => false,
-                        }
+                        let ok = self
+                            .deliverer
+                            .direct(message, &live, &task, admission)
+                            .await;
+                        (live.sub.id.clone(), ok)
                     }
                 }));
-            let (stored, settled) = tokio::join!(self.queue(&event, queued), attempts);
-            match stored {
-                Ok(()) if settled.iter().all(|s| *s) => {
-                    self.metrics.events_fanned_out.inc();
-                    self.metrics.tasks_queued.inc_by(total);
-                    self.metrics.direct_first_attempts.inc_by(direct_count);
-                    ack(&message, AckKind::Ack).await;
-                }
-                Ok(()) => {
-                    tracing::warn!("an outcome was not stored, event handed back");
-                    ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "fan-out failed, event handed back");
-                    ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let (stored, tried) = tokio::join!(self.queue(&message, &event, queued), attempts);
+            let mut unsettled = 0usize;
+            for (id, ok) in stored.into_iter().chain(tried) {
+                if ok {
+                    settled.insert(id);
+                } else {
+                    unsettled += 1;
                 }
             }
+            if unsettled == 0 {
+                self.metrics.events_fanned_out.inc();
+                self.metrics.tasks_queued.inc_by(total);
+                self.metrics.direct_first_attempts.inc_by(direct_count);
+                self.forget(delivered, &key).await;
+                ack(&message, AckKind::Ack).await;
+                return;
+            }
+            tracing::warn!(
+                unsettled,
+                "some outcomes were not stored, event handed back"
+            );
+            self.record(&key, &settled).await;
+            let delay = Duration::from_secs(delivered.clamp(1, 30) as u64);
+            ack(&message, AckKind::Nak(Some(delay))).await;
         }
         .instrument(span)
         .await
     }
 
-    /// Publishes `tasks` and waits for every PubAck, [`QUEUE_CHUNK`] at a time.
-    async fn queue(&self, event: &Event, tasks: Vec<Delivery>) -> anyhow::Result<()> {
-        if tasks.is_empty() {
-            return Ok(());
-        }
+    /// Queues `tasks` ([`QUEUE_CHUNK`] PubAcks at a time, each failed one tried again up to
+    /// [`QUEUE_TRIES`] times) and answers, for each, its subscription and whether it is stored.
+    async fn queue(
+        &self,
+        progress: &jetstream::Message,
+        event: &Event,
+        tasks: Vec<Delivery>,
+    ) -> Vec<(String, bool)> {
         // Every task carries this span's trace context: each attempt's span is its child.
         let trace_headers = common::trace_context::current_headers();
-        let mut tasks = tasks.into_iter().peekable();
-        while tasks.peek().is_some() {
-            self.queue_chunk(event, tasks.by_ref().take(QUEUE_CHUNK), &trace_headers)
-                .await?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for chunk in tasks.chunks(QUEUE_CHUNK) {
+            let mut left: Vec<&Delivery> = chunk.iter().collect();
+            let mut pause = Duration::from_millis(200);
+            for tries in 1..=QUEUE_TRIES {
+                let results = self.queue_chunk(event, &left, &trace_headers).await;
+                let mut failed = Vec::new();
+                for (task, ok) in left.into_iter().zip(results) {
+                    if ok {
+                        out.push((task.subscription_id.clone(), true));
+                    } else {
+                        failed.push(task);
+                    }
+                }
+                left = failed;
+                if left.is_empty() {
+                    break;
+                }
+                if tries < QUEUE_TRIES {
+                    ack(progress, AckKind::Progress).await;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+            out.extend(left.into_iter().map(|t| (t.subscription_id.clone(), false)));
         }
-        Ok(())
+        out
     }
 
+    /// Publishes `tasks` and answers whether each is stored.
     async fn queue_chunk(
         &self,
         event: &Event,
-        tasks: impl Iterator<Item = Delivery>,
+        tasks: &[&Delivery],
         trace_headers: &Option<async_nats::HeaderMap>,
-    ) -> anyhow::Result<()> {
-        let mut pending = Vec::with_capacity(QUEUE_CHUNK);
+    ) -> Vec<bool> {
+        let mut pending = Vec::with_capacity(tasks.len());
         for task in tasks {
             let mut publish = PublishMessage::build().payload(task.encode_to_vec().into());
             if let Some(headers) = &trace_headers {
@@ -156,12 +223,74 @@ impl Fanout {
             let publish =
                 publish.message_id(subjects::delivery_msg_id(&event.id, &task.subscription_id));
             let subject = subjects::delivery_subject(&event.tenant_id, &task.subscription_id);
-            pending.push(self.js.send_publish(subject, publish).await?);
+            pending.push(self.js.send_publish(subject, publish).await.ok());
         }
+        let mut out = Vec::with_capacity(pending.len());
         for ack in pending {
-            ack.await?;
+            out.push(match ack {
+                Some(ack) => ack.await.is_ok(),
+                None => false,
+            });
         }
-        Ok(())
+        out
+    }
+
+    /// The matches an earlier delivery of this event settled.
+    async fn settled(&self, key: &str) -> HashSet<String> {
+        match self.progress.get(key).await {
+            Ok(Some(value)) => String::from_utf8_lossy(&value)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            Ok(None) => HashSet::new(),
+            Err(error) => {
+                tracing::warn!(error = %error, "settled matches not read; all are tried again");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Records the settled matches before the event is handed back.
+    async fn record(&self, key: &str, settled: &HashSet<String>) {
+        let mut ids: Vec<&str> = settled.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        if let Err(error) = self.progress.put(key, ids.join("\n").into()).await {
+            tracing::warn!(error = %error, "settled matches not recorded; they will be tried again");
+        }
+    }
+
+    /// Drops the record of a fan-out that is now complete (only a redelivered one can have one).
+    async fn forget(&self, delivered: i64, key: &str) {
+        if delivered > 1
+            && let Err(error) = self.progress.purge(key).await
+        {
+            tracing::debug!(error = %error, "settled matches not cleared; they expire");
+        }
+    }
+
+    /// After [`MAX_FANOUT_DELIVERIES`]: dead-letters every match still unsettled as a
+    /// `system_error` and ends the event. A dead letter that cannot be stored either is logged
+    /// and counted (`webhooks_fanout_abandoned`): the event stays in the events stream, to replay.
+    async fn give_up(
+        &self,
+        message: &jetstream::Message,
+        event: &Event,
+        sequence: u64,
+        payload: &bytes::Bytes,
+        matches: Vec<Arc<crate::subscriptions::Live>>,
+        key: &str,
+    ) {
+        let why =
+            format!("fan-out could not store this delivery after {MAX_FANOUT_DELIVERIES} tries");
+        for live in matches {
+            let task = task_of(event, sequence, payload, &live);
+            if !self.deliverer.give_up(&task, &why).await {
+                tracing::error!(event_id = %event.id, subscription_id = %live.sub.id, "delivery abandoned: neither queued nor dead-lettered");
+                self.metrics.fanout_abandoned.inc();
+            }
+        }
+        self.forget(2, key).await;
+        ack(message, AckKind::Term).await;
     }
 }
 

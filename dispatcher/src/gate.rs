@@ -33,6 +33,8 @@ pub struct GateConfig {
     /// How long the circuit stays open at first; doubles on every failed probe.
     pub breaker_cooldown: Duration,
     pub breaker_max_cooldown: Duration,
+    /// Deliveries in flight at once for one tenant.
+    pub per_tenant: usize,
 }
 
 /// Why a task was not admitted, and when to try again.
@@ -41,14 +43,40 @@ pub enum Refusal {
     Busy(Duration),
     CircuitOpen(Duration),
     RateLimited(Duration),
+    /// The tenant has its share of this replica's deliveries in flight.
+    TenantBusy(Duration),
 }
 
 impl Refusal {
     pub fn delay(self) -> Duration {
         match self {
-            Refusal::Busy(d) | Refusal::CircuitOpen(d) | Refusal::RateLimited(d) => d,
+            Refusal::Busy(d)
+            | Refusal::CircuitOpen(d)
+            | Refusal::RateLimited(d)
+            | Refusal::TenantBusy(d) => d,
         }
     }
+
+    /// The metric label of the reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Busy(_) => "endpoint_busy",
+            Refusal::CircuitOpen(_) => "circuit_open",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::TenantBusy(_) => "tenant_busy",
+        }
+    }
+}
+
+/// When the next task set aside for an endpoint should come back: a virtual clock that each
+/// deferral advances by one slot's share of the endpoint's pace, so a backlog returns at the
+/// rate the endpoint can take it (once per task) instead of all at once (again and again).
+#[derive(Debug, Default)]
+struct Pace {
+    /// Unix ms of the next free turn.
+    next_ms: u64,
+    /// Smoothed attempt latency, ms.
+    latency_ms: f64,
 }
 
 /// The circuit of one endpoint.
@@ -66,6 +94,7 @@ struct Endpoint {
     slots: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
     limiter: Mutex<Option<(u32, Limiter)>>,
+    pace: Mutex<Pace>,
     /// When it was last asked for, in milliseconds since the gate was made.
     last_used_ms: AtomicU64,
 }
@@ -83,13 +112,17 @@ struct Endpoints {
     sweep_at: usize,
 }
 
-/// How long a task refused for a busy endpoint waits before it is offered again.
+/// How long a task refused for a busy endpoint waits at least before it is offered again.
 const BUSY_DELAY: Duration = Duration::from_millis(250);
+/// The latency assumed for an endpoint's pace before one of its attempts has been timed.
+const MIN_TURN_LATENCY_MS: f64 = 20.0;
 
 /// Admission for every endpoint this replica delivers to.
 pub struct Gate {
     config: GateConfig,
     endpoints: Mutex<Endpoints>,
+    /// Each tenant's in-flight permits; an entry nobody holds is dropped when the map is swept.
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
     epoch: Instant,
 }
 
@@ -97,6 +130,8 @@ pub struct Gate {
 pub struct Admission {
     endpoint: Arc<Endpoint>,
     _slot: OwnedSemaphorePermit,
+    _tenant: Option<OwnedSemaphorePermit>,
+    started: Instant,
     config: GateConfig,
     probe: bool,
 }
@@ -117,6 +152,7 @@ impl Gate {
                 map: HashMap::new(),
                 sweep_at: MIN_SWEEP_AT,
             }),
+            tenants: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         }
     }
@@ -142,6 +178,7 @@ impl Gate {
                 ..Default::default()
             }),
             limiter: Mutex::new(None),
+            pace: Mutex::new(Pace::default()),
             last_used_ms: AtomicU64::new(now),
         });
         endpoints
@@ -191,21 +228,77 @@ impl Gate {
         }
     }
 
-    /// Like [`Gate::admit`], but waits up to `wait` for a free slot of a busy endpoint (an
-    /// open circuit or a spent rate is refused at once). The fan-out waits here, so a burst
-    /// to a saturated endpoint slows the fan-out down instead of turning into queued tasks
-    /// handed back again and again.
-    pub async fn admit_within(
+    /// Admits one delivery of `tenant` to `subscription` now: within the tenant's share of
+    /// this replica, then as [`Gate::admit`]. Never waits.
+    pub fn admit_for(
         &self,
+        tenant: &str,
         subscription: &str,
         rate_limit_per_s: u32,
-        wait: Duration,
     ) -> Result<Admission, Refusal> {
-        let (endpoint, probe) = self.precheck(subscription, rate_limit_per_s)?;
-        match tokio::time::timeout(wait, endpoint.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(self.admission(endpoint, slot, probe)),
-            _ => Err(Self::refuse(&endpoint, probe, Refusal::Busy(BUSY_DELAY))),
+        let permits = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            if tenants.len() >= MIN_SWEEP_AT {
+                let cap = self.config.per_tenant;
+                tenants.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < cap);
+            }
+            tenants
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_tenant)))
+                .clone()
+        };
+        let Ok(permit) = permits.try_acquire_owned() else {
+            let endpoint = self.endpoint(subscription);
+            let turn = self.turn(&endpoint, self.config.per_tenant, Duration::ZERO);
+            return Err(Refusal::TenantBusy(turn));
+        };
+        let mut admission = self.admit(subscription, rate_limit_per_s)?;
+        admission._tenant = Some(permit);
+        Ok(admission)
+    }
+
+    /// How long a task refused with `refusal` should wait before it is offered again: its
+    /// turn on the endpoint's clock (see [`Pace`]), never before the refusal's own delay.
+    pub fn defer(&self, subscription: &str, refusal: Refusal) -> Duration {
+        let endpoint = self.endpoint(subscription);
+        match refusal {
+            Refusal::Busy(_) => self.turn(&endpoint, self.config.per_endpoint, Duration::ZERO),
+            Refusal::CircuitOpen(d) => self.turn(&endpoint, self.config.per_endpoint, d),
+            Refusal::RateLimited(d) => {
+                let rate = endpoint
+                    .limiter
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|(r, _)| *r)
+                    .unwrap_or(1)
+                    .max(1);
+                let spacing = Duration::from_secs_f64(1.0 / f64::from(rate));
+                self.advance(&endpoint, spacing, d)
+            }
+            Refusal::TenantBusy(d) => d,
         }
+    }
+
+    /// The next turn on `endpoint`'s clock for one of `slots` concurrent deliveries.
+    fn turn(&self, endpoint: &Endpoint, slots: usize, at_least: Duration) -> Duration {
+        let latency = endpoint
+            .pace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latency_ms
+            .max(MIN_TURN_LATENCY_MS);
+        let spacing = Duration::from_secs_f64(latency / 1000.0 / slots.max(1) as f64);
+        self.advance(endpoint, spacing, at_least)
+    }
+
+    fn advance(&self, endpoint: &Endpoint, spacing: Duration, at_least: Duration) -> Duration {
+        let now = crate::waiting::unix_ms(std::time::SystemTime::now());
+        let mut pace = endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
+        let earliest = now + u64::try_from(at_least.as_millis()).unwrap_or(u64::MAX / 2);
+        let spacing_ms = (spacing.as_secs_f64() * 1000.0).ceil() as u64;
+        pace.next_ms = pace.next_ms.max(earliest) + spacing_ms.max(1);
+        Duration::from_millis(pace.next_ms - now)
     }
 
     fn admission(
@@ -217,6 +310,8 @@ impl Gate {
         Admission {
             endpoint,
             _slot: slot,
+            _tenant: None,
+            started: Instant::now(),
             config: self.config.clone(),
             probe,
         }
@@ -317,6 +412,15 @@ impl Gate {
 impl Admission {
     /// Reports the attempt's result: a success closes the circuit, retryable failures open it.
     pub fn finish(self, retryable_failure: bool) {
+        {
+            let took = self.started.elapsed().as_secs_f64() * 1000.0;
+            let mut pace = self.endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
+            pace.latency_ms = if pace.latency_ms == 0.0 {
+                took
+            } else {
+                0.8 * pace.latency_ms + 0.2 * took
+            };
+        }
         let mut b = self
             .endpoint
             .breaker
@@ -354,36 +458,47 @@ mod tests {
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_millis(cooldown_ms),
             breaker_max_cooldown: Duration::from_millis(cooldown_ms * 4),
+            per_tenant: 8,
         })
     }
 
-    #[tokio::test]
-    async fn admit_within_waits_for_a_slot_freed_in_time_and_refuses_as_busy_after() {
-        let g = Arc::new(gate(1, 1000));
-        let held = g.admit("s", 0).unwrap();
-        let wait = Duration::from_millis(200);
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            held.finish(false);
-        });
-        let second = g.admit_within("s", 0, wait).await;
-        assert!(second.is_ok(), "the slot freed after 20 ms is taken");
-        release.await.unwrap();
-        let started = std::time::Instant::now();
-        let third = g.admit_within("s", 0, Duration::from_millis(30)).await;
-        assert!(matches!(third, Err(Refusal::Busy(_))));
-        assert!(started.elapsed() >= Duration::from_millis(30));
-        // An open circuit is refused at once, without waiting.
-        drop(second);
-        for _ in 0..3 {
-            g.admit("s", 0).unwrap().finish(true);
-        }
-        let started = std::time::Instant::now();
+    #[test]
+    fn a_tenant_gets_its_share_and_other_tenants_the_rest() {
+        let g = gate(4, 1000);
+        let held: Vec<_> = (0..8)
+            .map(|i| g.admit_for("big", &format!("s{i}"), 0).unwrap())
+            .collect();
         assert!(matches!(
-            g.admit_within("s", 0, Duration::from_secs(5)).await,
-            Err(Refusal::CircuitOpen(_))
+            g.admit_for("big", "s9", 0),
+            Err(Refusal::TenantBusy(_))
         ));
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(g.admit_for("small", "t1", 0).is_ok());
+        drop(held);
+        assert!(g.admit_for("big", "s9", 0).is_ok());
+    }
+
+    #[test]
+    fn deferred_tasks_come_back_one_turn_apart_at_the_endpoints_pace() {
+        let g = gate(2, 1000);
+        // A 100 ms endpoint with two slots takes a task every 50 ms.
+        {
+            let a = g.admit("s", 0).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            a.finish(false);
+        }
+        let turns: Vec<Duration> = (0..10)
+            .map(|_| g.defer("s", Refusal::Busy(BUSY_DELAY)))
+            .collect();
+        for pair in turns.windows(2) {
+            let gap = pair[1].saturating_sub(pair[0]);
+            assert!(
+                gap >= Duration::from_millis(40) && gap <= Duration::from_millis(80),
+                "{turns:?}"
+            );
+        }
+        // An open circuit's tasks come back after its cool-down, still one turn apart.
+        let open = g.defer("other", Refusal::CircuitOpen(Duration::from_secs(5)));
+        assert!(open >= Duration::from_secs(5), "{open:?}");
     }
 
     #[test]
@@ -393,6 +508,7 @@ mod tests {
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(5),
             breaker_max_cooldown: Duration::from_secs(300),
+            per_tenant: 8,
         });
         for i in 0..5000 {
             g.admit(&format!("sub_{i}"), 10).unwrap().finish(false);

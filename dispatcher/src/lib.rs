@@ -32,6 +32,7 @@ pub mod retry;
 pub mod signing;
 pub mod subscriptions;
 pub mod test_send;
+pub mod waiting;
 
 pub use app::App;
 pub use config::Settings;

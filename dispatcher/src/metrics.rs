@@ -30,6 +30,16 @@ pub struct ConsumerLabel {
     pub consumer: &'static str,
 }
 
+/// Why a task was set aside or handed back without an attempt (`webhooks_deliveries_handed_back_total`).
+pub const HANDED_BACK_REASONS: [&str; 6] = [
+    "endpoint_busy",
+    "circuit_open",
+    "rate_limited",
+    "tenant_busy",
+    "not_before",
+    "unknown_subscription",
+];
+
 /// Every metric, registered once per process.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +73,10 @@ pub struct Metrics {
     pub consumer_ack_pending: Family<ConsumerLabel, Gauge>,
     /// Messages of a consumer delivered more than once and not yet acknowledged.
     pub consumer_redelivered: Family<ConsumerLabel, Gauge>,
+    /// Deliveries a fan-out could neither queue nor dead-letter (the event is still replayable).
+    pub fanout_abandoned: Counter,
+    /// Waiting deliveries moved out of a due bucket (to their lane or a finer bucket).
+    pub waiting_moved: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +85,11 @@ impl Default for Metrics {
         let attempts = Family::<Outcome, Counter>::default();
         let dead_letters = Family::<Reason, Counter>::default();
         let handed_back = Family::<Reason, Counter>::default();
+        // Every reason is exported from the start (at zero), so a dashboard or an alert that
+        // names one never depends on whether it has happened yet.
+        for reason in HANDED_BACK_REASONS {
+            drop(handed_back.get_or_create(&Reason { reason }));
+        }
         let events_fanned_out = Counter::default();
         let tasks_queued = Counter::default();
         let direct_first_attempts = Counter::default();
@@ -87,6 +106,8 @@ impl Default for Metrics {
         let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_redelivered = Family::<ConsumerLabel, Gauge>::default();
+        let waiting_moved = Counter::default();
+        let fanout_abandoned = Counter::default();
         let mut registry = Registry::with_prefix("webhooks");
         registry.register(
             "deliveries",
@@ -107,6 +128,16 @@ impl Default for Metrics {
             "deliveries_handed_back",
             "Tasks handed back to JetStream without an attempt, by reason",
             handed_back.clone(),
+        );
+        registry.register(
+            "fanout_abandoned",
+            "Deliveries a fan-out could neither queue nor dead-letter after its last try",
+            fanout_abandoned.clone(),
+        );
+        registry.register(
+            "waiting_moved",
+            "Waiting deliveries moved out of a due bucket, to their lane or a finer bucket",
+            waiting_moved.clone(),
         );
         registry.register(
             "events_fanned_out",
@@ -185,6 +216,8 @@ impl Default for Metrics {
             consumer_pending,
             consumer_ack_pending,
             consumer_redelivered,
+            waiting_moved,
+            fanout_abandoned,
         }
     }
 }

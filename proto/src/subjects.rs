@@ -35,6 +35,27 @@ pub const ATTEMPTS_STREAM: &str = "WEBHOOK_ATTEMPTS";
 /// Subjects of the attempts stream: `webhooks.attempts.<tenant>.<subscription>`.
 pub const ATTEMPTS_SUBJECTS: &str = "webhooks.attempts.>";
 
+/// Stream of deliveries waiting for their time (a retry's backoff, an open circuit's
+/// cool-down, a busy or rate-limited endpoint's next free slot), one subject per time bucket:
+/// `webhooks.waiting.<bucket, Unix ms>`. Nothing here is in any consumer until it is due, so
+/// millions may wait without holding consumer capacity (see the dispatcher's `waiting`).
+pub const WAITING_STREAM: &str = "WEBHOOK_WAITING";
+/// Subjects of the waiting stream.
+pub const WAITING_SUBJECTS: &str = "webhooks.waiting.>";
+/// Stream of the waiting room's alarm clocks: one message schedule per occupied bucket
+/// (`webhooks.ticks.at.<bucket>`, `Nats-Schedule: @at <bucket time>`), which JetStream fires
+/// onto [`TICKS_DUE_SUBJECT`] at that time.
+pub const TICKS_STREAM: &str = "WEBHOOK_TICKS";
+/// Subjects of the ticks stream.
+pub const TICKS_SUBJECTS: &str = "webhooks.ticks.>";
+/// Where a fired tick lands (its payload: the bucket, Unix ms, in decimal).
+pub const TICKS_DUE_SUBJECT: &str = "webhooks.ticks.due";
+/// Durable pull consumer of fired ticks, shared by every dispatcher replica.
+pub const TICKS_CONSUMER: &str = "dispatcher-ticks";
+/// JetStream's message-schedule headers (nats-server 2.12+).
+pub const HEADER_SCHEDULE: &str = "Nats-Schedule";
+pub const HEADER_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+
 /// Durable pull consumer on the events stream, shared by every dispatcher replica.
 pub const FANOUT_CONSUMER: &str = "dispatcher-fanout";
 /// Durable pull consumer on the deliveries stream, shared by every dispatcher replica.
@@ -49,6 +70,11 @@ pub const API_KEYS_BUCKET: &str = "webhooks_api_keys";
 /// KV bucket of failing subscriptions (`EndpointHealth`), keyed by subscription id; a key
 /// exists only while its subscription has failed since its last success.
 pub const HEALTH_BUCKET: &str = "webhooks_endpoint_health";
+/// KV bucket of fan-outs that settled only some of their matches, keyed
+/// `<tenant>.<event id>`, valued with the settled subscription ids (one a line): a fan-out
+/// handed back skips them, so a partial failure never delivers the others' successes again.
+/// A key exists only between such a failure and the event's ack (and expires in a day).
+pub const FANOUT_PROGRESS_BUCKET: &str = "webhooks_fanout_progress";
 /// KV bucket of the event-id index, keyed `<tenant>.<event id>`, valued with the event's
 /// sequence in the events stream (8 bytes, big-endian); entries expire with the events.
 pub const EVENT_INDEX_BUCKET: &str = "webhooks_event_index";
@@ -130,6 +156,16 @@ pub fn task_subject(origin: crate::v1::DeliveryOrigin, tenant: &str, subscriptio
     }
 }
 
+/// `webhooks.waiting.<bucket>`: the waiting deliveries due at `bucket_ms` (Unix ms).
+pub fn waiting_subject(bucket_ms: u64) -> String {
+    format!("webhooks.waiting.{bucket_ms}")
+}
+
+/// `webhooks.ticks.at.<bucket>`: the schedule that fires when `bucket_ms` is due.
+pub fn tick_subject(bucket_ms: u64) -> String {
+    format!("webhooks.ticks.at.{bucket_ms}")
+}
+
 /// `webhooks.rejects.<source>`, e.g. `webhooks.rejects.events`.
 pub fn reject_subject(source: &str) -> String {
     format!("webhooks.rejects.{source}")
@@ -167,11 +203,23 @@ pub fn delivery_msg_id(event_id: &str, subscription: &str) -> String {
     format!("{event_id}:{subscription}")
 }
 
-/// The idempotency id of the retry of the task at `sequence` in the deliveries stream: each
-/// message is retried at most once, so a retry published twice (a crash before the old
-/// message's ack) is stored once.
-pub fn retry_msg_id(sequence: u64) -> String {
-    format!("retry:{sequence}")
+/// The idempotency id of the retry of the task at `sequence` in stream `lane`: each message
+/// is retried at most once, so a retry published twice (a crash before the old message's ack)
+/// is stored once. The lane is part of it because the retries of both lanes wait in one stream.
+pub fn retry_msg_id(lane: &str, sequence: u64) -> String {
+    format!("retry:{lane}:{sequence}")
+}
+
+/// The idempotency id of a task at `sequence` in stream `lane` set aside to wait for its
+/// endpoint (busy, open circuit, rate limit): moved at most once.
+pub fn defer_msg_id(lane: &str, sequence: u64) -> String {
+    format!("defer:{lane}:{sequence}")
+}
+
+/// The idempotency id of a waiting task (at `sequence` in the waiting stream) moved on when
+/// its bucket is due: a bucket drained twice moves each task once.
+pub fn wait_msg_id(sequence: u64) -> String {
+    format!("wait:{sequence}")
 }
 
 /// The idempotency id of a redriven dead letter.

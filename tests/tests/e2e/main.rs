@@ -10,6 +10,7 @@ mod cluster;
 mod dashboard;
 mod dead_letters;
 mod delivery;
+mod fairness;
 mod faults;
 mod feed_replay;
 mod hostile_nats;
