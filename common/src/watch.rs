@@ -169,6 +169,12 @@ impl<T> Mirror<T> {
         map.get(key).and_then(|s| s.value.clone())
     }
 
+    /// The revision the mirror holds for `key` (of a value or of a deletion).
+    pub fn revision(&self, key: &str) -> Option<u64> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(key).map(|s| s.revision)
+    }
+
     /// Up to `limit` live values whose keys start with `prefix`, in key order, strictly after
     /// `prefix + after` when `after` is given.
     pub fn range(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<std::sync::Arc<T>> {

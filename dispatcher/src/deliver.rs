@@ -503,15 +503,20 @@ impl Deliverer {
                 } else {
                     None
                 };
+                let error = match (ok, response.body_error) {
+                    (false, _) => Some(format!("receiver answered {}", response.status)),
+                    (true, Some(body)) => Some(format!("answer's body not read: {body}")),
+                    (true, None) => None,
+                };
                 Tried {
                     status: Some(response.status),
-                    error: (!ok).then(|| format!("receiver answered {}", response.status)),
+                    error,
                     retry_after,
                     latency: response.latency,
                     body: response.body,
                 }
             }
-            Err(error) => fail(describe(&error)),
+            Err(error) => fail(http_client::describe(&error)),
         }
     }
 
@@ -694,23 +699,4 @@ impl Deliverer {
         self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }
-}
-
-/// A transport error in a few words, with its cause chain.
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut out = kind.to_owned();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }

@@ -37,13 +37,19 @@ impl Health {
         if self.failing.get(&sub.id).is_none() {
             return;
         }
+        let Some(seen) = self.failing.revision(&sub.id) else {
+            return;
+        };
         if let Err(error) = self.bucket.delete(&sub.id).await {
             tracing::warn!(subscription_id = %sub.id, error = %error, "could not clear failing state");
             return;
         }
+        // The deletion's own revision is not returned, but it is later than the one we saw, and
+        // any later failure's record is later still: applying it just after `seen` clears the
+        // key here now without hiding the next change from the watch.
         self.failing.apply(Change::Delete {
             key: sub.id.clone(),
-            revision: u64::MAX - 1,
+            revision: seen + 1,
         });
     }
 

@@ -72,11 +72,17 @@ pub struct Response {
     pub retry_after: Option<String>,
     /// The first bytes of the body, at most [`MAX_RESPONSE_BYTES`].
     pub body: Bytes,
+    /// Why the body could not be read to its end (or to [`MAX_RESPONSE_BYTES`]): the receiver
+    /// closed the connection or stalled past the timeout. The status stands regardless.
+    pub body_error: Option<String>,
     pub latency: Duration,
 }
 
 /// Sends one request and reads at most [`MAX_RESPONSE_BYTES`] of the answer; the rest is
 /// left unread (the connection is then not reused, which is the price of a huge answer).
+///
+/// Only a failure before the status line is an error: once the receiver has answered, its
+/// status is the outcome, and a body that breaks off is noted in [`Response::body_error`].
 pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, reqwest::Error> {
     let started = Instant::now();
     let mut response = request.send().await?;
@@ -87,21 +93,46 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<Response, reqwest:
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut body = BytesMut::new();
+    let mut body_error = None;
     while body.len() < MAX_RESPONSE_BYTES {
-        match response.chunk().await? {
-            Some(chunk) => {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
                 let room = MAX_RESPONSE_BYTES - body.len();
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
-            None => break,
+            Ok(None) => break,
+            Err(error) => {
+                body_error = Some(describe(&error));
+                break;
+            }
         }
     }
     Ok(Response {
         status,
         retry_after,
         body: body.freeze(),
+        body_error,
         latency: started.elapsed(),
     })
+}
+
+/// A transport error in a few words, with its cause chain.
+pub fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut out = kind.to_owned();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 /// A resolver that drops every address the URL policy refuses, so the SSRF guard applies to
@@ -162,6 +193,33 @@ mod tests {
         let response = send(client().get(&base)).await.unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(response.body.len(), MAX_RESPONSE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_status_stands_when_the_body_breaks_off() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await.unwrap();
+            // A status and part of the promised body, then silence past the timeout.
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut shared = common::config::SharedSettings::default();
+        shared.url_policy.allow_http = true;
+        let mut settings = Settings::new(shared);
+        settings.http_timeout = Duration::from_millis(300);
+        let client = build(&settings).unwrap();
+        let response = send(client.get(format!("http://{addr}/"))).await.unwrap();
+        assert_eq!(response.status, 200);
+        let error = response.body_error.unwrap();
+        assert!(error.contains("timed out"), "{error}");
     }
 
     #[tokio::test]

@@ -22,6 +22,15 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("the event store is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// No PubAck came in time: the event may or may not be stored.
+    #[error(
+        "the event store did not confirm event {id} in time, so it may be stored; repeat the request with \"id\": \"{id}\" (a repeat is deduplicated)"
+    )]
+    Unconfirmed {
+        id: String,
+        #[source]
+        source: anyhow::Error,
+    },
     #[error("{detail}")]
     Rejected { status: StatusCode, detail: String },
     #[error(
@@ -48,7 +57,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Unconfirmed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected { status, .. } => *status,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -62,7 +71,9 @@ impl ApiError {
             Self::NotFound => ("not-found", "Not Found"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload Too Large"),
             Self::Invalid(_) => ("validation", "Validation Failed"),
-            Self::Unavailable(_) => ("unavailable", "Service Unavailable"),
+            Self::Unavailable(_) | Self::Unconfirmed { .. } => {
+                ("unavailable", "Service Unavailable")
+            }
             Self::Rejected { status, .. } => (
                 "bad-request",
                 status.canonical_reason().unwrap_or("Bad Request"),
@@ -88,13 +99,17 @@ impl ApiError {
             Self::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        json!({
+        let mut problem = json!({
             "type": format!("https://docs.open.example/problems/{slug}"),
             "title": title,
             "status": self.status().as_u16(),
             "detail": detail,
             "errors": errors,
-        })
+        });
+        if let Self::Unconfirmed { id, .. } = self {
+            problem["id"] = json!(id);
+        }
+        problem
     }
 }
 
@@ -102,7 +117,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Self::Internal(e) | Self::Unavailable(e) => {
+            Self::Internal(e) | Self::Unavailable(e) | Self::Unconfirmed { source: e, .. } => {
                 tracing::error!(error.message = %e, error.cause_chain = ?e, status = status.as_u16(), "request failed");
             }
             _ => {}

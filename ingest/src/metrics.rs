@@ -63,6 +63,7 @@ pub const REASONS: &[&str] = &[
     "too_large",
     "rate_limited",
     "unavailable",
+    "unconfirmed",
     "unauthorized",
     "internal",
 ];
@@ -81,6 +82,7 @@ pub fn reason(error: &ApiError) -> &'static str {
         ApiError::PayloadTooLarge { .. } => "too_large",
         ApiError::RateLimited { .. } => "rate_limited",
         ApiError::Unavailable(_) => "unavailable",
+        ApiError::Unconfirmed { .. } => "unconfirmed",
         ApiError::Unauthorized => "unauthorized",
         ApiError::Internal(_) => "internal",
     }

@@ -216,7 +216,10 @@ fn bad_request(detail: impl Into<String>) -> ApiError {
 
 /// The reply for an error: the problem document the HTTP path would answer, as protobuf.
 fn rejected(error: &ApiError) -> Rejected {
-    if let ApiError::Unavailable(cause) | ApiError::Internal(cause) = error {
+    if let ApiError::Unavailable(cause)
+    | ApiError::Internal(cause)
+    | ApiError::Unconfirmed { source: cause, .. } = error
+    {
         tracing::error!(error.message = %cause, error.cause_chain = ?cause, status = error.status().as_u16(), "nats ingest request failed");
     }
     let problem = error.problem();
@@ -242,6 +245,7 @@ fn rejected(error: &ApiError) -> Rejected {
         title: text("title"),
         detail: text("detail"),
         errors,
+        id: text("id"),
     }
 }
 

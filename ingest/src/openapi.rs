@@ -61,6 +61,10 @@ pub struct Problem {
     pub detail: String,
     /// Every offending field (for `422`; empty otherwise).
     pub errors: Vec<ProblemField>,
+    /// Only on a `503` whose outcome is unknown (the event store did not confirm in time): the
+    /// event's id. The event may be stored; repeating the request with this `id` is
+    /// deduplicated, so it is delivered once either way.
+    pub id: Option<String>,
 }
 
 /// One offending field of a request.
@@ -118,7 +122,7 @@ problem_responses! {
     PayloadTooLarge => "The request body is larger than the limit.", [];
     Unprocessable => "The request is well-formed but invalid; `errors` lists every offending field.", [];
     TooManyRequests => "The tenant is over its rate; nothing was accepted.", [RETRY_AFTER];
-    Unavailable => "NATS is unavailable (or no dispatcher answered); nothing was accepted.", [RETRY_AFTER];
+    Unavailable => "NATS is unavailable (or no dispatcher answered); nothing was accepted, unless the problem carries `id`: then the event store did not confirm in time, the event may be stored, and repeating the request with that `id` is deduplicated.", [RETRY_AFTER];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
 //! Publishing an accepted event to JetStream and waiting for its PubAck.
 //!
 //! A `202` promises the event is stored, so nothing is answered before the PubAck. While the
-//! connection is down the answer is an immediate `503`, not a wait. After the PubAck the event's
+//! connection is down the answer is an immediate `503`, not a wait. A PubAck that does not
+//! come is asked for again (same message id) until `publish_timeout`; then the `503` carries
+//! the event's id, since the event may be stored. After the PubAck the event's
 //! id is indexed (`common::event_index`), also before answering.
 
-use async_nats::jetstream::message::PublishMessage as Publish;
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    context::PublishErrorKind, message::PublishMessage as Publish, publish::PublishAck,
+};
 use prost::Message as _;
 use proto::{subjects, v1::Event, validate::NewEvent};
 use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
 
 use crate::{app::AppState, error::ApiError};
 
@@ -44,6 +51,53 @@ pub fn build_event(tenant: &str, new: NewEvent, idempotency_key: Option<&str>) -
     }
 }
 
+/// How long one try waits for its PubAck before publishing again.
+const ACK_TRY: Duration = Duration::from_secs(1);
+
+/// Publishes until a PubAck answers, for at most `publish_timeout`: a PubAck lost in a leader
+/// change is asked for again with the same `Nats-Msg-Id`, so a repeat is deduplicated, never
+/// stored twice. Whether an event whose every try went unanswered is stored is unknown: the
+/// error says so and carries its id, with which the producer repeats safely.
+async fn publish_until_confirmed(
+    state: &AppState,
+    subject: String,
+    publish: Publish,
+    id: &str,
+) -> Result<PublishAck, ApiError> {
+    let deadline = Instant::now() + state.settings.publish_timeout;
+    let mut unanswered = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let outcome = tokio::time::timeout(left.min(ACK_TRY), async {
+            state
+                .js
+                .send_publish(subject.clone(), publish.clone())
+                .await?
+                .await
+        })
+        .await;
+        let error = match outcome {
+            Ok(Ok(ack)) => return Ok(ack),
+            Ok(Err(error)) if error.kind() == PublishErrorKind::TimedOut => {
+                anyhow::anyhow!(error)
+            }
+            // Refused (a full stream, no stream): not stored. After an unanswered try that
+            // is still unknown, since that one may have been.
+            Ok(Err(error)) if !unanswered => return Err(ApiError::Unavailable(error.into())),
+            Ok(Err(error)) => anyhow::anyhow!(error),
+            Err(_) => anyhow::anyhow!("timed out waiting for the pub ack"),
+        };
+        unanswered = true;
+        if Instant::now() >= deadline || !common::nats::is_connected(&state.client) {
+            return Err(ApiError::Unconfirmed {
+                id: id.to_owned(),
+                source: error,
+            });
+        }
+        tracing::debug!(event_id = %id, error = %error, "no pub ack yet, publishing again");
+    }
+}
+
 /// Stores `event`, deduplicated by its tenant-scoped id within the dedupe window.
 pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiError> {
     if !common::nats::is_connected(&state.client) {
@@ -58,14 +112,7 @@ pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiErr
         publish = publish.headers(headers);
     }
     let publish = publish.message_id(subjects::event_msg_id(&event.tenant_id, &event.id));
-    let ack = async {
-        let pending = state.js.send_publish(subject, publish).await?;
-        Ok::<_, anyhow::Error>(pending.await?)
-    };
-    let ack = tokio::time::timeout(state.settings.publish_timeout, ack)
-        .await
-        .map_err(|_| ApiError::Unavailable(anyhow::anyhow!("timed out waiting for the pub ack")))?
-        .map_err(ApiError::Unavailable)?;
+    let ack = publish_until_confirmed(state, subject, publish, &event.id).await?;
     // Index the id before answering, so `GET /v1/events/{id}` finds it right after the `202`.
     // A duplicate's PubAck carries the original's sequence: writing it again repairs an entry
     // lost when the first attempt timed out after storing. Best-effort: the event is stored.

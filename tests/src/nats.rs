@@ -102,6 +102,31 @@ impl NatsServer {
         }
     }
 
+    /// SIGSTOP the process: connections stay open but nothing is answered (a PubAck that never
+    /// comes, as in a stalled leader), until [`NatsServer::resume`].
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT after [`NatsServer::pause`]: the server handles what was sent meanwhile.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("nats-server is not running")?;
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(
+            status.success(),
+            "kill {signal} nats-server failed: {status}"
+        );
+        Ok(())
+    }
+
     /// Start again on the same port with the same store (after kill).
     ///
     /// Clients that were connected before the kill can reconnect to the same URL, and JetStream

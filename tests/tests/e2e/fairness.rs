@@ -20,17 +20,8 @@ async fn batch(sys: &System, key: &str, n: usize) {
 
 #[tokio::test]
 async fn another_tenants_waiting_retries_do_not_delay_a_due_retry() {
-    let mut sys = System::start().await;
-    if let Some(d) = sys.dispatcher.take() {
-        d.stop().await.unwrap();
-    }
     // The deliveries consumer hands out at most 50 tasks before an ack.
-    sys.dispatcher = Some(
-        spawn_dispatcher_with(&sys.nats, |s| {
-            s.deliver_max_ack_pending = 50;
-        })
-        .await,
-    );
+    let sys = system_with(|s| s.deliver_max_ack_pending = 50).await;
     let noisy = sys.tenant_key("noisy").await;
     let quiet = sys.tenant_key("quiet").await;
     // Tenant noisy: a dead endpoint, every failure retried in a minute.

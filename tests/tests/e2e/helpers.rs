@@ -106,6 +106,13 @@ pub async fn spawn_dispatcher_with(
     }
 }
 
+/// A system whose dispatcher uses `tweak`ed settings.
+pub async fn system_with(tweak: impl FnOnce(&mut dispatcher::Settings)) -> System {
+    let mut sys = System::start().await;
+    sys.restart_dispatcher(tweak).await;
+    sys
+}
+
 /// NATS, one ingest and one dispatcher, and an HTTP client for the API.
 pub struct System {
     pub ingest: Running,
@@ -127,6 +134,14 @@ impl System {
             http: reqwest::Client::new(),
             nats,
         }
+    }
+
+    /// Stops the dispatcher (draining it) and starts a new one with `tweak`ed settings.
+    pub async fn restart_dispatcher(&mut self, tweak: impl FnOnce(&mut dispatcher::Settings)) {
+        if let Some(d) = self.dispatcher.take() {
+            d.stop().await.expect("the dispatcher stops");
+        }
+        self.dispatcher = Some(spawn_dispatcher_with(&self.nats, tweak).await);
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -6,6 +6,7 @@
 mod helpers;
 mod procs;
 
+mod auto_disable;
 mod cluster;
 mod dashboard;
 mod dead_letters;
@@ -24,3 +25,4 @@ mod secrets_at_rest;
 mod security;
 mod self_service;
 mod tracing;
+mod truthful;

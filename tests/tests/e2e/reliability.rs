@@ -8,16 +8,6 @@ use testkit::{TestReceiver, eventually};
 
 use crate::helpers::*;
 
-/// A system whose dispatcher uses `tweak`ed settings.
-async fn system_with(tweak: impl FnOnce(&mut dispatcher::Settings)) -> System {
-    let mut sys = System::start().await;
-    if let Some(d) = sys.dispatcher.take() {
-        d.stop().await.unwrap();
-    }
-    sys.dispatcher = Some(spawn_dispatcher_with(&sys.nats, tweak).await);
-    sys
-}
-
 /// The tenant's dead letters of one subscription, once there are `n` of them.
 async fn dead_letters(sys: &System, key: &str, sub: &str, n: usize) -> Vec<Value> {
     eventually(SOON, "dead letters", || async {
