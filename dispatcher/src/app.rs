@@ -397,6 +397,9 @@ async fn render_metrics(State(h): State<Probe>) -> impl axum::response::IntoResp
     let tracked = h.deliverer.gate.sweep();
     let (open, half_open) = h.deliverer.gate.circuit_counts();
     h.metrics.circuits(open, half_open, tracked);
+    h.metrics
+        .unsignable_subscriptions
+        .set(i64::try_from(h.deliverer.index.unsignable()).unwrap_or(i64::MAX));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -425,6 +428,9 @@ async fn readyz(State(h): State<Probe>) -> (StatusCode, Json<Value>) {
             "streams_ready": streams,
             "config_loaded": loaded,
             "draining": draining,
+            // Not a readiness condition (the replica serves every other subscription), but
+            // an operator's to fix: see `webhooks_unsignable_subscriptions`.
+            "unsignable_subscriptions": h.deliverer.index.unsignable(),
         })),
     )
 }

@@ -33,7 +33,7 @@ use crate::{
     http_client,
     metrics::{Metrics, Reason},
     retry::{self, Class, Decision, RetryPolicy},
-    subscriptions::{Index, Live, Lookup},
+    subscriptions::{Index, Live, Lookup, Unsignable},
 };
 
 /// How often a task for a subscription this replica has not seen yet is handed back before it
@@ -214,29 +214,33 @@ impl Deliverer {
                 return self.set_aside(&message, &task, id, "not_before").await;
             }
         }
-        let admission = match self.gate.admit_for(
-            &task.tenant_id,
-            &live.sub.id,
-            live.sub.rate_limit_per_s,
-        ) {
-            Ok(admission) => admission,
-            Err(refusal) => {
-                let mut later = task.clone();
-                let delay = self.gate.defer(&live.sub.id, refusal);
-                later.not_before = Some(proto::time::from_system(SystemTime::now() + delay));
-                tracing::debug!(subscription_id = %live.sub.id, ?refusal, ?delay, "not admitted, set aside");
-                let id = subjects::defer_msg_id(&lane, sequence);
-                return self.set_aside(&message, &later, id, refusal.reason()).await;
+        let verdict = match &live.signer {
+            Ok(_) => {
+                let admission = match self.gate.admit_for(
+                    &task.tenant_id,
+                    &live.sub.id,
+                    live.sub.rate_limit_per_s,
+                ) {
+                    Ok(admission) => admission,
+                    Err(refusal) => {
+                        let mut later = task.clone();
+                        let delay = self.gate.defer(&live.sub.id, refusal);
+                        later.not_before =
+                            Some(proto::time::from_system(SystemTime::now() + delay));
+                        tracing::debug!(subscription_id = %live.sub.id, ?refusal, ?delay, "not admitted, set aside");
+                        let id = subjects::defer_msg_id(&lane, sequence);
+                        return self.set_aside(&message, &later, id, refusal.reason()).await;
+                    }
+                };
+                let span = deliver_span(&task, attempt);
+                // The fan-out's span, from the task's `traceparent` (a retry keeps the first
+                // one's), so every attempt of an event joins the event's trace.
+                common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
+                self.try_once(&message, &live, &task, attempt, admission, span)
+                    .await
             }
+            Err(unsignable) => self.not_signed(&live, &task, attempt, unsignable).await,
         };
-
-        let span = deliver_span(&task, attempt);
-        // The fan-out's span, from the task's `traceparent` (a retry keeps the first one's),
-        // so every attempt of an event joins the event's trace.
-        common::trace_context::set_parent_from_nats(&span, message.headers.as_ref());
-        let verdict = self
-            .try_once(&message, &live, &task, attempt, admission, span)
-            .await;
         match verdict {
             Verdict::Done => ack(&message, AckKind::Ack).await,
             Verdict::Retry {
@@ -264,7 +268,7 @@ impl Deliverer {
     /// free now and its tenant's share not in use. Never waits: anything else is queued as a
     /// task, and an event's fan-out never waits on how busy its endpoints are.
     pub fn admit_direct(&self, live: &Live) -> Option<Admission> {
-        if !live.sub.enabled {
+        if !live.sub.enabled || live.signer.is_err() {
             return None;
         }
         self.gate
@@ -427,6 +431,43 @@ impl Deliverer {
         }
     }
 
+    /// An attempt that cannot be made because this replica cannot sign for the subscription:
+    /// nothing is sent, the attempt is recorded with the reason, and the delivery is retried on
+    /// the subscription's schedule (another replica, or this one once its key is fixed, may
+    /// sign it) and finally dead-lettered as `system_error`, ready to be redriven. The
+    /// endpoint's health is not touched: the fault is ours.
+    async fn not_signed(
+        &self,
+        live: &Live,
+        task: &Delivery,
+        attempt: u32,
+        unsignable: &Unsignable,
+    ) -> Verdict {
+        let error = format!("not sent: {unsignable}");
+        let tried = Tried {
+            status: None,
+            error: Some(error.clone()),
+            retry_after: None,
+            latency: Duration::ZERO,
+            body: bytes::Bytes::new(),
+        };
+        self.record_attempt(task, attempt, &tried).await;
+        match RetryPolicy::of(&live.sub).decide(attempt, Class::Retryable, None, retry::jitter()) {
+            Decision::Retry(delay) => Verdict::Retry {
+                delay,
+                status: None,
+                error,
+            },
+            _ => Verdict::Dead(Death {
+                reason: "system_error",
+                failed_by: "system",
+                attempts: attempt,
+                status: None,
+                error,
+            }),
+        }
+    }
+
     /// Runs one attempt, telling JetStream it is still in progress while it runs, so a slow
     /// receiver is not sent a second copy.
     async fn attempt_with_progress(
@@ -475,8 +516,12 @@ impl Deliverer {
         {
             return fail(error.to_string());
         }
+        let signer = match &live.signer {
+            Ok(signer) => signer,
+            Err(unsignable) => return fail(unsignable.to_string()),
+        };
         let now = unix_now();
-        let signature = live.signer.sign(&task.event_id, now, &task.payload);
+        let signature = signer.sign(&task.event_id, now, &task.payload);
         let mut request = self
             .http
             .post(url)

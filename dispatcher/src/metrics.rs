@@ -67,6 +67,8 @@ pub struct Metrics {
     pub circuit_breakers: Family<CircuitLabel, Gauge>,
     /// Endpoints whose admission state (slots, circuit, rate limit) this replica keeps.
     pub endpoints_tracked: Gauge,
+    /// Subscriptions whose signing secrets this replica cannot open (a missing master key).
+    pub unsignable_subscriptions: Gauge,
     /// Messages of a consumer's stream not yet delivered to it (its lag).
     pub consumer_pending: Family<ConsumerLabel, Gauge>,
     /// Messages delivered to a consumer and not yet acknowledged.
@@ -103,6 +105,7 @@ impl Default for Metrics {
         ]);
         let circuit_breakers = Family::<CircuitLabel, Gauge>::default();
         let endpoints_tracked = Gauge::default();
+        let unsignable_subscriptions = Gauge::default();
         let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_redelivered = Family::<ConsumerLabel, Gauge>::default();
@@ -182,6 +185,11 @@ impl Default for Metrics {
             endpoints_tracked.clone(),
         );
         registry.register(
+            "unsignable_subscriptions",
+            "Subscriptions whose signing secrets this replica cannot open (a master key missing here, a corrupt record): their deliveries are retried, then dead-lettered as system_error",
+            unsignable_subscriptions.clone(),
+        );
+        registry.register(
             "consumer_pending_messages",
             "Messages not yet delivered to the durable consumer (lag)",
             consumer_pending.clone(),
@@ -213,6 +221,7 @@ impl Default for Metrics {
             delivery_latency,
             circuit_breakers,
             endpoints_tracked,
+            unsignable_subscriptions,
             consumer_pending,
             consumer_ack_pending,
             consumer_redelivered,

@@ -8,6 +8,11 @@
 //! disabled) but is not matched: it queues nothing. One the system disabled (`410 Gone`, failing
 //! too long) is still matched, so its deliveries are queued and then parked as dead letters,
 //! ready to be redriven once it is enabled again.
+//!
+//! A subscription whose signing secrets this replica cannot open (a master key missing here, a
+//! corrupt record) is still matched: its deliveries are queued, never sent unsigned, retried on
+//! its schedule and then dead-lettered as `system_error`, so nothing is lost while an operator
+//! fixes the key. `/readyz` and a metric count them.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,11 +27,17 @@ use proto::v1::Subscription;
 
 use crate::signing::Signer;
 
-/// A subscription ready to deliver to: the record and its prepared signing keys.
+/// A subscription ready to deliver to: the record and its prepared signing keys, or why this
+/// replica cannot sign for it.
 pub struct Live {
     pub sub: Subscription,
-    pub signer: Signer,
+    pub signer: Result<Signer, Unsignable>,
 }
+
+/// Why a subscription's deliveries cannot be signed here.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot sign: {0}")]
+pub struct Unsignable(String);
 
 /// What the index knows about a subscription id.
 pub enum Lookup {
@@ -45,9 +56,8 @@ struct Inner {
     by_id: HashMap<String, (u64, Option<Arc<Live>>)>,
     /// tenant -> (type pattern, agent or "") -> enabled subscriptions.
     buckets: HashMap<String, HashMap<BucketKey, Vec<Arc<Live>>>>,
-    /// Ids whose signing secrets do not open or parse: they look unknown, so their deliveries
-    /// are retried and then dead-lettered rather than dropped as if deleted.
-    unusable: HashSet<String>,
+    /// Ids whose signing secrets do not open or parse here.
+    unsignable: HashSet<String>,
 }
 
 /// The index, shared by the fan-out, the delivery loop and the KV watch.
@@ -133,26 +143,21 @@ impl Index {
                 None,
             ),
         };
-        let mut unusable = false;
-        let live = match sub {
-            None => None,
-            Some(sub) => match self.signer(&sub) {
-                Ok(signer) => Some(Arc::new(Live { signer, sub })),
-                Err(error) => {
-                    tracing::error!(subscription_id = %id, error = %error, "subscription with unusable secret ignored");
-                    unusable = true;
-                    None
-                }
-            },
-        };
+        let live = sub.map(|sub| {
+            let signer = self.signer(&sub).map_err(|error| {
+                tracing::error!(subscription_id = %id, error = %error, "cannot open the subscription's signing secret: its deliveries will be retried, then dead-lettered");
+                Unsignable(error.to_string())
+            });
+            Arc::new(Live { signer, sub })
+        });
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         if inner.by_id.get(&id).is_some_and(|(r, _)| *r >= revision) {
             return;
         }
-        if unusable {
-            inner.unusable.insert(id.clone());
+        if live.as_ref().is_some_and(|l| l.signer.is_err()) {
+            inner.unsignable.insert(id.clone());
         } else {
-            inner.unusable.remove(&id);
+            inner.unsignable.remove(&id);
         }
         if let Some((_, Some(old))) = inner.by_id.get(&id).cloned() {
             inner.unregister(&old);
@@ -195,10 +200,17 @@ impl Index {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         match inner.by_id.get(id) {
             Some((_, Some(live))) => Lookup::Live(live.clone()),
-            Some((_, None)) if inner.unusable.contains(id) => Lookup::Unknown,
             Some((_, None)) => Lookup::Deleted,
             None => Lookup::Unknown,
         }
+    }
+}
+
+impl Index {
+    /// How many subscriptions this replica cannot sign for.
+    pub fn unsignable(&self) -> usize {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.unsignable.len()
     }
 }
 
@@ -312,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn sealed_secrets_open_and_unopenable_ones_leave_the_subscription_unknown_not_deleted() {
+    fn sealed_secrets_open_and_unopenable_ones_stay_matched_and_counted() {
         let keys = MasterKeys::generate();
         let index = Index::new(keys.clone());
         let mut s = sub("s", "t", &["*"], &[], true);
@@ -322,15 +334,26 @@ mod tests {
             panic!("sealed secret opens")
         };
         let legacy = Signer::new([("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", None)]).unwrap();
-        assert_eq!(live.signer.sign("m", 1, b"x"), legacy.sign("m", 1, b"x"));
+        let signer = live.signer.as_ref().unwrap();
+        assert_eq!(signer.sign("m", 1, b"x"), legacy.sign("m", 1, b"x"));
+        assert_eq!(index.unsignable(), 0);
+        let unsignable = |index: &Index| {
+            let Lookup::Live(live) = index.get("s") else {
+                panic!("still known")
+            };
+            let error = live.signer.as_ref().err().unwrap().to_string();
+            assert!(error.starts_with("cannot sign"), "{error}");
+            // Still matched: its deliveries are queued, retried, then dead-lettered.
+            assert_eq!(ids(index.matches("t", "call.started", "a")), ["s"]);
+            assert_eq!(index.unsignable(), 1);
+        };
 
         // Sealed for another subscription (moved record) or under a key not configured here.
         let mut moved = s.clone();
         moved.secrets =
             vec![keys.seal_secret("other", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", None)];
         put(&index, 2, moved);
-        assert!(matches!(index.get("s"), Lookup::Unknown));
-        assert!(index.matches("t", "call.started", "a").is_empty());
+        unsignable(&index);
         let mut foreign = s.clone();
         foreign.secrets = vec![MasterKeys::generate().seal_secret(
             "s",
@@ -338,8 +361,19 @@ mod tests {
             None,
         )];
         put(&index, 3, foreign);
-        assert!(matches!(index.get("s"), Lookup::Unknown));
+        unsignable(&index);
         put(&index, 4, s);
-        assert!(matches!(index.get("s"), Lookup::Live(_)));
+        assert!(matches!(index.get("s"), Lookup::Live(l) if l.signer.is_ok()));
+        assert_eq!(index.unsignable(), 0);
+        // A deleted one is no longer counted.
+        let mut bad = sub("b", "t", &["*"], &[], true);
+        bad.secrets[0].secret = "not a secret".into();
+        put(&index, 5, bad);
+        assert_eq!(index.unsignable(), 1);
+        index.apply(Change::Delete {
+            key: "t.b".into(),
+            revision: 6,
+        });
+        assert_eq!(index.unsignable(), 0);
     }
 }

@@ -609,3 +609,101 @@ async fn no_secret_reaches_a_debug_log_or_an_error_body() {
     }
     assert!(api.errors.len() >= 9, "{:?}", api.errors);
 }
+
+#[tokio::test]
+async fn a_dispatcher_that_cannot_open_a_secret_retries_dead_letters_and_says_so() {
+    testkit::init_test_tracing();
+    let nats = NatsServer::start().await.expect("nats-server starts");
+    let ingest_keys = MasterKeys::new(Key::generate(), Vec::new());
+    let k = ingest_keys.clone();
+    let ingest = spawn_ingest_with(&nats, move |s| s.shared.master_keys = k).await;
+    // The dispatcher was deployed with another master key.
+    let dispatcher = spawn_dispatcher_with(&nats, |s| {
+        s.shared.master_keys = MasterKeys::new(Key::generate(), Vec::new());
+    })
+    .await;
+    let probe = format!("http://{}", dispatcher.addr);
+    let mut sys = System {
+        ingest,
+        dispatcher: Some(dispatcher),
+        http: reqwest::Client::new(),
+        nats,
+    };
+    let key = sys.tenant_key("acme").await;
+    let receiver = TestReceiver::start(vec![]).await.unwrap();
+    let (sub, secret) = sys
+        .subscribe(&key, json!({"url": receiver.url(), "event_types": ["*"], "retry": {"max_attempts": 2, "schedule_ms": [100]}}))
+        .await;
+    // The replica says so: in /readyz detail (still ready for everyone else) and a metric.
+    let ready = eventually(SOON, "readyz to count the subscription", || async {
+        let ready: Value = sys
+            .http
+            .get(format!("{probe}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ready["unsignable_subscriptions"] == json!(1)).then_some(ready)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ready["status"], json!("ready"), "{ready}");
+    let metrics = sys
+        .http
+        .get(format!("{probe}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nwebhooks_unsignable_subscriptions 1\n"),
+        "{metrics}"
+    );
+
+    // Its events are not lost: retried, then dead-lettered as a system error; nothing unsigned
+    // is sent.
+    let id = sys.send_event(&key, event("call.started", "a1")).await;
+    let dead = eventually(SOON, "the dead letter", || async {
+        let (status, body) = sys
+            .get(&format!("/v1/dead-letters?subscription_id={sub}"), &key)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].as_array().and_then(|d| d.first().cloned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead["event_id"], json!(id), "{dead}");
+    assert_eq!(dead["reason"], json!("system_error"), "{dead}");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("cannot sign"),
+        "{dead}"
+    );
+    assert!(
+        receiver
+            .expect_none(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+    let (_, attempts) = sys.get(&format!("/v1/events/{id}/attempts"), &key).await;
+    assert_eq!(attempts["data"].as_array().unwrap().len(), 2, "{attempts}");
+
+    // The operator fixes the key and redrives: delivered, signed with the secret.
+    let k = ingest_keys.clone();
+    sys.restart_dispatcher(move |s| s.shared.master_keys = k)
+        .await;
+    let dl = dead["id"].as_str().unwrap();
+    let (status, body) = sys
+        .post(&format!("/v1/dead-letters/{dl}/redrive"), &key, json!({}))
+        .await;
+    assert!(status.is_success(), "{body}");
+    let got = receiver
+        .recv_within(SOON)
+        .await
+        .expect("the redriven delivery");
+    assert_eq!(got.header("webhook-id"), Some(id.as_str()));
+    got.verify(&secret).unwrap();
+}
