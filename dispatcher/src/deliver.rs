@@ -232,6 +232,7 @@ impl Deliverer {
                         return self.set_aside(&message, &later, id, refusal.reason()).await;
                     }
                 };
+                self.observe_due(&task, attempt);
                 let span = deliver_span(&task, attempt);
                 // The fan-out's span, from the task's `traceparent` (a retry keeps the first
                 // one's), so every attempt of an event joins the event's trace.
@@ -429,6 +430,19 @@ impl Deliverer {
                 Verdict::Dead(failed("subscription_disabled"))
             }
         }
+    }
+
+    /// How late a task with a due time is attempted (once admitted).
+    fn observe_due(&self, task: &Delivery, attempt: u32) {
+        let Some(due) = task.not_before.as_ref().map(proto::time::to_system) else {
+            return;
+        };
+        let late = SystemTime::now().duration_since(due).unwrap_or_default();
+        let kind = if attempt > 1 { "retry" } else { "deferred" };
+        self.metrics
+            .due_lateness
+            .get_or_create(&crate::metrics::DueKind { kind })
+            .observe(late.as_secs_f64());
     }
 
     /// An attempt that cannot be made because this replica cannot sign for the subscription:

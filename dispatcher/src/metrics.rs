@@ -13,6 +13,13 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// Why a task had a due time: `retry` (an attempt after the first) or `deferred` (a first
+/// attempt set aside for a busy, rate-limited or open-circuit endpoint).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DueKind {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
@@ -63,6 +70,8 @@ pub struct Metrics {
     /// Seconds from the event's acceptance by ingest to the 2xx of a live delivery (replayed
     /// and redriven deliveries are not observed: their acceptance is long past).
     pub delivery_latency: Histogram,
+    /// Seconds from a task's due time (`not_before`) to its attempt.
+    pub due_lateness: Family<DueKind, Histogram, fn() -> Histogram>,
     /// Endpoints whose circuit is `open` or `half_open` in this replica.
     pub circuit_breakers: Family<CircuitLabel, Gauge>,
     /// Endpoints whose admission state (slots, circuit, rate limit) this replica keeps.
@@ -103,6 +112,15 @@ impl Default for Metrics {
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
             900.0, 3600.0, 21600.0,
         ]);
+        let due_lateness: Family<DueKind, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                ])
+            });
+        for kind in ["retry", "deferred"] {
+            drop(due_lateness.get_or_create(&DueKind { kind }));
+        }
         let circuit_breakers = Family::<CircuitLabel, Gauge>::default();
         let endpoints_tracked = Gauge::default();
         let unsignable_subscriptions = Gauge::default();
@@ -184,6 +202,12 @@ impl Default for Metrics {
             "Endpoints whose admission state (slots, circuit, rate limit) this replica keeps: those used in the last minute or with a failing circuit",
             endpoints_tracked.clone(),
         );
+        registry.register_with_unit(
+            "due_lateness",
+            "Time from a task's due time (its retry schedule, or the turn it was set aside for) to its attempt",
+            prometheus_client::registry::Unit::Seconds,
+            due_lateness.clone(),
+        );
         registry.register(
             "unsignable_subscriptions",
             "Subscriptions whose signing secrets this replica cannot open (a master key missing here, a corrupt record): their deliveries are retried, then dead-lettered as system_error",
@@ -219,6 +243,7 @@ impl Default for Metrics {
             in_flight,
             attempt_duration,
             delivery_latency,
+            due_lateness,
             circuit_breakers,
             endpoints_tracked,
             unsignable_subscriptions,
