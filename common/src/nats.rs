@@ -36,3 +36,18 @@ pub async fn connect(settings: &SharedSettings, name: &str) -> anyhow::Result<as
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
+
+/// Whether a publish was refused because its stream is full (bytes, messages, or a subject's
+/// share of them), as opposed to a timeout or a leader election: trying again at once would
+/// only be refused again.
+pub fn is_full(error: &anyhow::Error) -> bool {
+    const FULL: [&str; 3] = [
+        "maximum bytes exceeded",
+        "maximum messages exceeded",
+        "maximum messages per subject exceeded",
+    ];
+    error.chain().any(|cause| {
+        let text = cause.to_string().to_lowercase();
+        FULL.iter().any(|f| text.contains(f)) || text.contains("insufficient resources")
+    })
+}

@@ -211,9 +211,11 @@ impl App {
             metrics: metrics.clone(),
             deliverer: deliverer.clone(),
             direct_first_attempt: settings.direct_first_attempt,
+            max_deliveries: settings.fanout_max_deliveries,
             progress: stores.fanout_progress.clone(),
         });
-        tokio::spawn(poll_consumers(
+        tokio::spawn(poll_jetstream(
+            js.clone(),
             [
                 (subjects::FANOUT_CONSUMER, fanout_consumer.clone()),
                 (subjects::DELIVER_CONSUMER, deliver_consumer.clone()),
@@ -368,9 +370,11 @@ async fn consumer(
 /// How often the consumers' lag is read into the metrics.
 const CONSUMER_POLL: Duration = Duration::from_secs(5);
 
-/// Reads each durable consumer's info (pending, ack pending, redelivered) into the metrics,
-/// at once and then every [`CONSUMER_POLL`], until `token` is cancelled.
-async fn poll_consumers(
+/// Reads each durable consumer's info (pending, ack pending, redelivered) and each stream's
+/// (bytes, cap, messages) into the metrics, at once and then every [`CONSUMER_POLL`], until
+/// `token` is cancelled.
+async fn poll_jetstream(
+    js: jetstream::Context,
     consumers: [(&'static str, PullConsumer); 3],
     metrics: Arc<Metrics>,
     token: CancellationToken,
@@ -387,6 +391,21 @@ async fn poll_consumers(
                 Ok(info) => metrics.consumer(name, &info),
                 Err(error) => {
                     tracing::debug!(consumer = name, error = %error, "consumer info not read")
+                }
+            }
+        }
+        for name in subjects::STREAMS {
+            let info = async {
+                js.get_stream(name)
+                    .await?
+                    .get_info()
+                    .await
+                    .map_err(anyhow::Error::from)
+            };
+            match info.await {
+                Ok(info) => metrics.stream(name, &info),
+                Err(error) => {
+                    tracing::debug!(stream = name, error = %error, "stream info not read")
                 }
             }
         }

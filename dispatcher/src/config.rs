@@ -54,6 +54,9 @@ pub struct Settings {
     /// (`WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT`, a quarter of `WEBHOOKS_MAX_IN_FLIGHT`): a tenant
     /// with a thousand saturated endpoints gets its share, not the whole pipe.
     pub per_tenant_in_flight: usize,
+    /// Deliveries of one event to the fan-out after which the matches whose outcome could not
+    /// be stored are dead-lettered as `system_error` (`WEBHOOKS_FANOUT_MAX_DELIVERIES`, 8).
+    pub fanout_max_deliveries: i64,
 }
 
 impl Settings {
@@ -78,6 +81,7 @@ impl Settings {
             extra_ca_certs: None,
             deliver_max_ack_pending: 20_000,
             per_tenant_in_flight: 256,
+            fanout_max_deliveries: 8,
         }
     }
 
@@ -112,6 +116,8 @@ impl Settings {
             "WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT",
             (s.max_in_flight / 4).max(1),
         )?;
+        s.fanout_max_deliveries =
+            env.parse("WEBHOOKS_FANOUT_MAX_DELIVERIES", s.fanout_max_deliveries)?;
         s.ack_wait = (s.http_timeout * 3).max(s.http_timeout + Duration::from_secs(6));
         s.check()?;
         Ok(s)
@@ -131,6 +137,7 @@ impl Settings {
             || self.replay_max_in_flight == 0
             || self.per_tenant_in_flight == 0
             || self.deliver_max_ack_pending <= 0
+            || self.fanout_max_deliveries <= 0
         {
             return Err(ConfigError::Invalid {
                 name: "WEBHOOKS_MAX_IN_FLIGHT",

@@ -102,6 +102,19 @@ struct Death {
     error: String,
 }
 
+/// The death of a delivery whose retry found no room in the waiting room.
+fn no_room(attempts: u32, status: Option<u16>, error: &anyhow::Error) -> Death {
+    Death {
+        reason: "system_error",
+        failed_by: "system",
+        attempts,
+        status,
+        error: truncate(format!(
+            "retry not stored, the waiting room is full: {error:#}"
+        )),
+    }
+}
+
 /// What one attempt decided, before it is settled.
 enum Verdict {
     Done,
@@ -254,6 +267,12 @@ impl Deliverer {
                 let id = subjects::retry_msg_id(&lane, sequence);
                 match self.store_retry(&message, &next, headers, id).await {
                     Ok(()) => ack(&message, AckKind::Ack).await,
+                    // No room to wait in: the attempt that was made is on the record, in a
+                    // dead letter, rather than made again at the same number forever.
+                    Err(error) if common::nats::is_full(&error) => {
+                        let death = no_room(attempt, status, &error);
+                        self.dead_letter(&message, sequence, &task, death).await
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "retry not stored, task handed back");
                         ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -326,6 +345,11 @@ impl Deliverer {
                 let id = subjects::delivery_msg_id(&task.event_id, &task.subscription_id);
                 match self.store_retry(progress, &next, headers, id).await {
                     Ok(()) => true,
+                    Err(error) if common::nats::is_full(&error) => {
+                        let id = format!("dlq:{}:{}", task.event_id, task.subscription_id);
+                        let death = no_room(1, status, &error);
+                        self.store_dead_letter(task, death, id).await.is_ok()
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "retry not stored, event handed back");
                         false
@@ -651,7 +675,9 @@ impl Deliverer {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(error) if tries >= STORE_TRIES => return Err(error),
+                Err(error) if tries >= STORE_TRIES || common::nats::is_full(&error) => {
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::debug!(error = %error, tries, "task not stored yet, trying again");
                     ack(progress, AckKind::Progress).await;

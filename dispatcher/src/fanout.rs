@@ -12,7 +12,7 @@
 //! a few times. If a match still cannot be settled, the event is handed back, and the matches
 //! that were settled are recorded first (KV `webhooks_fanout_progress`), so the redelivered
 //! fan-out skips them: a healthy endpoint is not sent its event again because another match
-//! failed. After [`MAX_FANOUT_DELIVERIES`] the remaining matches are dead-lettered as
+//! failed. After `fanout_max_deliveries` (`WEBHOOKS_FANOUT_MAX_DELIVERIES`) the remaining matches are dead-lettered as
 //! `system_error` (redrive them once the cause is fixed): the loop always ends, on the record.
 //!
 //! Task ids are `event_id:subscription_id`, so a fan-out that is redelivered (after a crash
@@ -34,9 +34,6 @@ use crate::subscriptions::Index;
 
 /// Tasks one event publishes before awaiting their PubAcks (see `app::pub_acks_in_flight`).
 pub const QUEUE_CHUNK: usize = 64;
-/// Deliveries of one event to the fan-out after which its unsettled matches are
-/// dead-lettered rather than tried again.
-pub const MAX_FANOUT_DELIVERIES: i64 = 8;
 /// Tries at queuing a task before the match counts as unsettled.
 const QUEUE_TRIES: u32 = 4;
 
@@ -49,6 +46,8 @@ pub struct Fanout {
     /// Makes first attempts directly (when `direct_first_attempt`) and dead letters.
     pub deliverer: Arc<crate::deliver::Deliverer>,
     pub direct_first_attempt: bool,
+    /// Deliveries of one event after which its unsettled matches are dead-lettered.
+    pub max_deliveries: i64,
     /// Settled matches of fan-outs handed back (see the module's documentation).
     pub progress: kv::Store,
 }
@@ -106,7 +105,7 @@ impl Fanout {
                 return;
             }
             let payload: bytes::Bytes = envelope::render(&event, &self.links_base_url).into();
-            if delivered > MAX_FANOUT_DELIVERIES {
+            if delivered > self.max_deliveries {
                 drop(permit);
                 return self
                     .give_up(&message, &event, sequence, &payload, matches, &key)
@@ -268,7 +267,7 @@ impl Fanout {
         }
     }
 
-    /// After [`MAX_FANOUT_DELIVERIES`]: dead-letters every match still unsettled as a
+    /// After `max_deliveries`: dead-letters every match still unsettled as a
     /// `system_error` and ends the event. A dead letter that cannot be stored either is logged
     /// and counted (`webhooks_fanout_abandoned`): the event stays in the events stream, to replay.
     async fn give_up(
@@ -280,8 +279,10 @@ impl Fanout {
         matches: Vec<Arc<crate::subscriptions::Live>>,
         key: &str,
     ) {
-        let why =
-            format!("fan-out could not store this delivery after {MAX_FANOUT_DELIVERIES} tries");
+        let why = format!(
+            "fan-out could not store this delivery after {} tries",
+            self.max_deliveries
+        );
         for live in matches {
             let task = task_of(event, sequence, payload, &live);
             if !self.deliverer.give_up(&task, &why).await {

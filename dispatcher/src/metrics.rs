@@ -31,6 +31,12 @@ pub struct CircuitLabel {
     pub state: &'static str,
 }
 
+/// One of the JetStream streams (names from `proto::subjects`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    pub stream: &'static str,
+}
+
 /// One of the three durable consumers (names from `proto::subjects`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabel {
@@ -84,6 +90,11 @@ pub struct Metrics {
     pub consumer_ack_pending: Family<ConsumerLabel, Gauge>,
     /// Messages of a consumer delivered more than once and not yet acknowledged.
     pub consumer_redelivered: Family<ConsumerLabel, Gauge>,
+    /// Bytes stored in each stream, and its byte cap: fullness is their ratio.
+    pub stream_bytes: Family<StreamLabel, Gauge>,
+    pub stream_max_bytes: Family<StreamLabel, Gauge>,
+    /// Messages stored in each stream.
+    pub stream_messages: Family<StreamLabel, Gauge>,
     /// Deliveries a fan-out could neither queue nor dead-letter (the event is still replayable).
     pub fanout_abandoned: Counter,
     /// Waiting deliveries moved out of a due bucket (to their lane or a finer bucket).
@@ -127,6 +138,14 @@ impl Default for Metrics {
         let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_redelivered = Family::<ConsumerLabel, Gauge>::default();
+        let stream_bytes = Family::<StreamLabel, Gauge>::default();
+        let stream_max_bytes = Family::<StreamLabel, Gauge>::default();
+        let stream_messages = Family::<StreamLabel, Gauge>::default();
+        for stream in proto::subjects::STREAMS {
+            for family in [&stream_bytes, &stream_max_bytes, &stream_messages] {
+                drop(family.get_or_create(&StreamLabel { stream }));
+            }
+        }
         let waiting_moved = Counter::default();
         let fanout_abandoned = Counter::default();
         let mut registry = Registry::with_prefix("webhooks");
@@ -228,6 +247,23 @@ impl Default for Metrics {
             "Messages of the durable consumer redelivered and not yet acknowledged",
             consumer_redelivered.clone(),
         );
+        registry.register_with_unit(
+            "stream",
+            "Bytes stored in the JetStream stream",
+            prometheus_client::registry::Unit::Bytes,
+            stream_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "stream_max",
+            "The stream's byte cap (max_bytes): a full stream refuses or discards",
+            prometheus_client::registry::Unit::Bytes,
+            stream_max_bytes.clone(),
+        );
+        registry.register(
+            "stream_messages",
+            "Messages stored in the JetStream stream",
+            stream_messages.clone(),
+        );
         for state in ["open", "half_open"] {
             let _ = circuit_breakers.get_or_create(&CircuitLabel { state });
         }
@@ -250,6 +286,9 @@ impl Default for Metrics {
             consumer_pending,
             consumer_ack_pending,
             consumer_redelivered,
+            stream_bytes,
+            stream_max_bytes,
+            stream_messages,
             waiting_moved,
             fanout_abandoned,
         }
@@ -280,6 +319,21 @@ impl Metrics {
                 .get_or_create(&CircuitLabel { state })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Sets the gauges of `stream` from its info.
+    pub fn stream(&self, stream: &'static str, info: &async_nats::jetstream::stream::Info) {
+        let label = StreamLabel { stream };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.stream_bytes
+            .get_or_create(&label)
+            .set(n(info.state.bytes));
+        self.stream_max_bytes
+            .get_or_create(&label)
+            .set(info.config.max_bytes);
+        self.stream_messages
+            .get_or_create(&label)
+            .set(n(info.state.messages));
     }
 
     /// Sets the gauges of `consumer` from its info.

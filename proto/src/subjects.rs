@@ -46,6 +46,18 @@ pub const WAITING_SUBJECTS: &str = "webhooks.waiting.>";
 /// (`webhooks.ticks.at.<bucket>`, `Nats-Schedule: @at <bucket time>`), which JetStream fires
 /// onto [`TICKS_DUE_SUBJECT`] at that time.
 pub const TICKS_STREAM: &str = "WEBHOOK_TICKS";
+
+/// Every stream of the topology.
+pub const STREAMS: [&str; 8] = [
+    EVENTS_STREAM,
+    DELIVERIES_STREAM,
+    REPLAYS_STREAM,
+    WAITING_STREAM,
+    TICKS_STREAM,
+    DLQ_STREAM,
+    ATTEMPTS_STREAM,
+    REJECTS_STREAM,
+];
 /// Subjects of the ticks stream.
 pub const TICKS_SUBJECTS: &str = "webhooks.ticks.>";
 /// Where a fired tick lands (its payload: the bucket, Unix ms, in decimal).

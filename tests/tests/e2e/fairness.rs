@@ -75,3 +75,102 @@ async fn another_tenants_waiting_retries_do_not_delay_a_due_retry() {
     }
     assert_eq!(ids.len(), 5);
 }
+
+#[tokio::test]
+async fn a_slow_endpoints_backlog_drains_without_spinning_or_dead_letters() {
+    let sys = system_with(|s| s.per_endpoint_in_flight = 2).await;
+    let key = sys.tenant_key("acme").await;
+    let slow = TestReceiver::start_with_delay(vec![], Duration::from_millis(500))
+        .await
+        .unwrap();
+    let (sub, secret) = sys
+        .subscribe(&key, json!({"url": slow.url(), "event_types": ["*"]}))
+        .await;
+    a_delivery_where(&sys, &key, &slow, "the endpoint is known", |_| true).await;
+    while slow.recv_within(QUIET).await.is_some() {}
+    let busy_before = dispatcher_metric(
+        &sys,
+        "webhooks_deliveries_handed_back_total",
+        &[("reason", "endpoint_busy")],
+    )
+    .await;
+
+    // Thirty events for an endpoint that takes two at a time, half a second each.
+    const N: usize = 30;
+    batch(&sys, &key, N).await;
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < N {
+        let got = slow
+            .recv_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {N} delivered", ids.len()));
+        got.verify(&secret).unwrap();
+        assert_eq!(got.header("webhook-attempt"), Some("1"), "none failed");
+        assert!(
+            ids.insert(got.header("webhook-id").unwrap().to_owned()),
+            "sent twice"
+        );
+    }
+    // Each task waiting for a slot was set aside for its turn, a few times at most; never
+    // handed back every 250 ms for as long as the backlog lasts.
+    let busy = dispatcher_metric(
+        &sys,
+        "webhooks_deliveries_handed_back_total",
+        &[("reason", "endpoint_busy")],
+    )
+    .await
+        - busy_before;
+    assert!(
+        busy <= (3 * N) as f64,
+        "{busy} deferrals for {N} deliveries"
+    );
+    let (_, dead) = sys
+        .get(&format!("/v1/dead-letters?subscription_id={sub}"), &key)
+        .await;
+    assert_eq!(dead["data"], json!([]), "{dead}");
+}
+
+#[tokio::test]
+async fn another_tenants_busy_endpoints_do_not_hold_up_a_fan_out() {
+    // Two events fanned out at once, one slot per endpoint.
+    let sys = system_with(|s| {
+        s.fanout_concurrency = 2;
+        s.per_endpoint_in_flight = 1;
+    })
+    .await;
+    let slow_key = sys.tenant_key("slow").await;
+    let quiet_key = sys.tenant_key("quiet").await;
+    let slow = TestReceiver::start_with_delay(vec![], Duration::from_secs(3))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        sys.subscribe(&slow_key, json!({"url": slow.url(), "event_types": ["*"]}))
+            .await;
+    }
+    let fast = TestReceiver::start(vec![]).await.unwrap();
+    sys.subscribe(&quiet_key, json!({"url": fast.url(), "event_types": ["*"]}))
+        .await;
+    // Created last: once the dispatcher delivers to it, it knows the other twenty too.
+    a_delivery_where(&sys, &quiet_key, &fast, "the endpoints are known", |_| true).await;
+    while fast.recv_within(QUIET).await.is_some() {}
+
+    // Twenty events for twenty busy endpoints (400 deliveries, each endpoint one at a time).
+    batch(&sys, &slow_key, 20).await;
+    eventually(SOON, "the slow endpoints to be busy", || async {
+        (slow.count() >= 20).then_some(())
+    })
+    .await
+    .unwrap();
+    let sent = std::time::Instant::now();
+    let id = sys
+        .send_event(&quiet_key, event("call.ended", "agent_1"))
+        .await;
+    let got = fast
+        .recv_within(Duration::from_secs(30))
+        .await
+        .expect("the quiet tenant's delivery");
+    assert_eq!(got.header("webhook-id"), Some(id.as_str()));
+    // Waiting 100 ms per busy match, two events at a time, would take about 19 s here.
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(6), "delivered after {took:?}");
+}

@@ -263,3 +263,33 @@ pub async fn a_delivery_where(
     .await
     .unwrap()
 }
+
+/// The sum of the dispatcher's samples named `name` whose labels include `labels` (0 when
+/// there is none), from its `/metrics`.
+pub async fn dispatcher_metric(sys: &System, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let addr = sys.dispatcher.as_ref().expect("a dispatcher").addr;
+    let text = sys
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (sample, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = sample == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -14,6 +14,7 @@ mod delivery;
 mod fairness;
 mod faults;
 mod feed_replay;
+mod full_streams;
 mod hostile_nats;
 mod ingest_api;
 mod metrics;

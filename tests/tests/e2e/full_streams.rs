@@ -1,0 +1,218 @@
+//! When an outcome cannot be stored (a full stream): the matches already delivered are not
+//! delivered again, the loop ends in a recorded `system_error`, and a retry with no room is
+//! dead-lettered with its attempt counted rather than attempted again at the same number.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use proto::subjects;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use testkit::{TestReceiver, eventually};
+
+use crate::helpers::*;
+
+/// A bucket far in the future: nothing is ever due there, so filler filed under it stays.
+const NEVER: u64 = 4_102_444_800_000;
+
+/// Shrinks `stream` to `max_bytes` and fills it with filler under `subject` until it refuses.
+async fn fill(js: &jetstream::Context, stream: &str, subject: &str, max_bytes: i64) {
+    let mut info = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    info.config.max_bytes = max_bytes;
+    js.update_stream(&info.config).await.unwrap();
+    for n in 0.. {
+        let stored = async {
+            js.publish(subject.to_owned(), vec![b'x'; 1024].into())
+                .await?
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        if stored.is_err() {
+            break;
+        }
+        assert!(n < 10_000, "{stream} never filled up");
+    }
+}
+
+/// Removes the filler and gives `stream` its cap back.
+async fn unfill(js: &jetstream::Context, stream: &str, subject: &str, max_bytes: i64) {
+    let mut s = js.get_stream(stream).await.unwrap();
+    s.purge().filter(subject).await.unwrap();
+    let mut info = s.get_info().await.unwrap();
+    info.config.max_bytes = max_bytes;
+    js.update_stream(&info.config).await.unwrap();
+}
+
+async fn dead_letters(sys: &System, key: &str, sub: &str) -> Vec<Value> {
+    let (status, body) = sys
+        .get(&format!("/v1/dead-letters?subscription_id={sub}"), key)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// How many of `receiver`'s requests so far carried `id` (taking them).
+async fn received(receiver: &TestReceiver, id: &str) -> usize {
+    let mut n = 0;
+    while let Some(got) = receiver.recv_within(Duration::from_millis(100)).await {
+        n += usize::from(got.header("webhook-id") == Some(id));
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_match_whose_outcome_cannot_be_stored_repeats_no_other_and_ends_in_a_dead_letter() {
+    let sys = system_with(|s| s.fanout_max_deliveries = 2).await;
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    let key = sys.tenant_key("acme").await;
+    let healthy = TestReceiver::start(vec![]).await.unwrap();
+    let failing = TestReceiver::start(vec![]).await.unwrap();
+    let (_, healthy_secret) = sys
+        .subscribe(&key, json!({"url": healthy.url(), "event_types": ["*"]}))
+        .await;
+    let (failing_sub, _) = sys
+        .subscribe(&key, json!({"url": failing.url(), "event_types": ["*"]}))
+        .await;
+    // Both known (the second was created last), then the second starts failing.
+    a_delivery_where(&sys, &key, &failing, "both endpoints are known", |_| true).await;
+    while healthy.recv_within(QUIET).await.is_some() {}
+    while failing
+        .recv_within(Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+    failing.answer_after_script(500).unwrap();
+
+    // Neither its retry nor its dead letter can be stored.
+    let waiting_cap = js
+        .get_stream(subjects::WAITING_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .config
+        .max_bytes;
+    let dlq_cap = js
+        .get_stream(subjects::DLQ_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .config
+        .max_bytes;
+    let filler_waiting = subjects::waiting_subject(NEVER);
+    let filler_dlq = subjects::dlq_subject("filler", "sub_filler");
+    fill(&js, subjects::WAITING_STREAM, &filler_waiting, 64 * 1024).await;
+    fill(&js, subjects::DLQ_STREAM, &filler_dlq, 64 * 1024).await;
+
+    let id = sys.send_event(&key, event("call.started", "agent_1")).await;
+    // The fan-out is handed back and tried again: the failing endpoint is attempted twice...
+    eventually(
+        Duration::from_secs(60),
+        "the fan-out to be tried again",
+        || async { (failing.count() >= 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+    unfill(&js, subjects::DLQ_STREAM, &filler_dlq, dlq_cap).await;
+    // ...and after `fanout_max_deliveries` the match ends in a dead letter, on the record.
+    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
+        dead_letters(&sys, &key, &failing_sub)
+            .await
+            .first()
+            .cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead["event_id"], json!(id), "{dead}");
+    assert_eq!(dead["reason"], json!("system_error"), "{dead}");
+    assert_eq!(dead["failed_by"], json!("system"), "{dead}");
+    // The healthy endpoint got the event once, whatever happened to the other match.
+    let got = healthy
+        .recv_within(SOON)
+        .await
+        .expect("the healthy delivery");
+    assert_eq!(got.header("webhook-id"), Some(id.as_str()));
+    got.verify(&healthy_secret).unwrap();
+    assert_eq!(received(&healthy, &id).await, 0, "delivered twice");
+    assert!(
+        healthy.expect_none(QUIET).await.is_none(),
+        "delivered again"
+    );
+    assert!(failing.count() <= 3, "{} attempts", failing.count());
+    unfill(&js, subjects::WAITING_STREAM, &filler_waiting, waiting_cap).await;
+}
+
+#[tokio::test]
+async fn a_retry_with_no_room_to_wait_is_dead_lettered_with_its_attempt_counted() {
+    let sys = System::start().await;
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    let key = sys.tenant_key("acme").await;
+    let failing = TestReceiver::start(vec![]).await.unwrap();
+    let (sub, _) = sys
+        .subscribe(&key, json!({"url": failing.url(), "event_types": ["*"]}))
+        .await;
+    a_delivery_where(&sys, &key, &failing, "the endpoint is known", |_| true).await;
+    while failing.recv_within(QUIET).await.is_some() {}
+    failing.answer_after_script(500).unwrap();
+    fill(
+        &js,
+        subjects::WAITING_STREAM,
+        &subjects::waiting_subject(NEVER),
+        64 * 1024,
+    )
+    .await;
+
+    let id = sys.send_event(&key, event("call.started", "agent_1")).await;
+    let dead = eventually(SOON, "the dead letter", || async {
+        dead_letters(&sys, &key, &sub).await.first().cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead["event_id"], json!(id), "{dead}");
+    assert_eq!(dead["reason"], json!("system_error"), "{dead}");
+    assert_eq!(dead["attempts"], json!(1), "{dead}");
+    assert_eq!(dead["last_status_code"], json!(500), "{dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("waiting room is full"),
+        "{dead}"
+    );
+    // Attempted once, not again and again at attempt 1.
+    let first = failing.recv_within(SOON).await.expect("the attempt");
+    assert_eq!(first.header("webhook-id"), Some(id.as_str()));
+    assert!(
+        failing.expect_none(QUIET).await.is_none(),
+        "attempted again"
+    );
+    // The stream's fullness is exported.
+    let ratio = eventually(Duration::from_secs(30), "the stream gauges", || async {
+        let used = dispatcher_metric(
+            &sys,
+            "webhooks_stream_bytes",
+            &[("stream", subjects::WAITING_STREAM)],
+        )
+        .await;
+        let cap = dispatcher_metric(
+            &sys,
+            "webhooks_stream_max_bytes",
+            &[("stream", subjects::WAITING_STREAM)],
+        )
+        .await;
+        (cap == 64.0 * 1024.0 && used > 0.0).then_some(used / cap)
+    })
+    .await
+    .unwrap();
+    assert!(ratio > 0.9, "{ratio}");
+}
