@@ -43,7 +43,7 @@ async fn fill(js: &jetstream::Context, stream: &str, subject: &str, max_bytes: i
 
 /// Removes the filler and gives `stream` its cap back.
 async fn unfill(js: &jetstream::Context, stream: &str, subject: &str, max_bytes: i64) {
-    let mut s = js.get_stream(stream).await.unwrap();
+    let s = js.get_stream(stream).await.unwrap();
     s.purge().filter(subject).await.unwrap();
     let mut info = s.get_info().await.unwrap();
     info.config.max_bytes = max_bytes;
