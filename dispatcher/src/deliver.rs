@@ -22,11 +22,12 @@ use async_nats::jetstream::{self, AckKind, message::PublishMessage};
 use prost::Message as _;
 use proto::{
     subjects::{self, http as headers},
-    v1::{Attempt, DeadLetter, Delivery},
+    v1::{Attempt, Delivery},
 };
 use tracing::Instrument as _;
 
 use crate::{
+    dead_letter::Death,
     fanout::ack,
     gate::{Admission, Gate},
     health::Health,
@@ -86,33 +87,11 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn truncate(mut s: String) -> String {
+pub(crate) fn truncate(mut s: String) -> String {
     if let Some((i, _)) = s.char_indices().nth(MAX_ERROR_CHARS) {
         s.truncate(i);
     }
     s
-}
-
-/// Why a task is dead-lettered.
-struct Death {
-    reason: &'static str,
-    failed_by: &'static str,
-    attempts: u32,
-    status: Option<u16>,
-    error: String,
-}
-
-/// The death of a delivery whose retry found no room in the waiting room.
-fn no_room(attempts: u32, status: Option<u16>, error: &anyhow::Error) -> Death {
-    Death {
-        reason: "system_error",
-        failed_by: "system",
-        attempts,
-        status,
-        error: truncate(format!(
-            "retry not stored, the waiting room is full: {error:#}"
-        )),
-    }
 }
 
 /// What one attempt decided, before it is settled.
@@ -160,12 +139,12 @@ impl Deliverer {
             return crate::rejects::set_aside(&self.js, "deliveries", &message, &reason).await;
         }
         let attempt = task.attempt.max(1);
-        let previous = |error: &str| Death {
-            reason: "system_error",
-            failed_by: "system",
-            attempts: attempt - 1,
-            status: (task.last_status_code > 0).then_some(task.last_status_code as u16),
-            error: error.to_owned(),
+        if task.pending_death.is_some() {
+            return self.dead_letter_pending(&message, sequence, task).await;
+        }
+        let previous = |error: &str| {
+            let status = (task.last_status_code > 0).then_some(task.last_status_code as u16);
+            Death::system(attempt - 1, status, error.to_owned())
         };
         if delivered > SAFETY_NET_DELIVERIES {
             return self
@@ -270,7 +249,7 @@ impl Deliverer {
                     // No room to wait in: the attempt that was made is on the record, in a
                     // dead letter, rather than made again at the same number forever.
                     Err(error) if common::nats::is_full(&error) => {
-                        let death = no_room(attempt, status, &error);
+                        let death = Death::no_room(attempt, status, &error);
                         self.dead_letter(&message, sequence, &task, death).await
                     }
                     Err(error) => {
@@ -346,9 +325,8 @@ impl Deliverer {
                 match self.store_retry(progress, &next, headers, id).await {
                     Ok(()) => true,
                     Err(error) if common::nats::is_full(&error) => {
-                        let id = format!("dlq:{}:{}", task.event_id, task.subscription_id);
-                        let death = no_room(1, status, &error);
-                        self.store_dead_letter(task, death, id).await.is_ok()
+                        let death = Death::no_room(1, status, &error);
+                        self.dead_letter_first(task, &death).await
                     }
                     Err(error) => {
                         tracing::warn!(error = %error, "retry not stored, event handed back");
@@ -356,10 +334,7 @@ impl Deliverer {
                     }
                 }
             }
-            Verdict::Dead(death) => {
-                let id = format!("dlq:{}:{}", task.event_id, task.subscription_id);
-                self.store_dead_letter(task, death, id).await.is_ok()
-            }
+            Verdict::Dead(death) => self.dead_letter_first(task, &death).await,
         }
     }
 
@@ -496,13 +471,7 @@ impl Deliverer {
                 status: None,
                 error,
             },
-            _ => Verdict::Dead(Death {
-                reason: "system_error",
-                failed_by: "system",
-                attempts: attempt,
-                status: None,
-                error,
-            }),
+            _ => Verdict::Dead(Death::system(attempt, None, error)),
         }
     }
 
@@ -617,6 +586,7 @@ impl Deliverer {
             latency_ms: u32::try_from(tried.latency.as_millis()).unwrap_or(u32::MAX),
             at: Some(proto::time::now()),
             event_type: task.event_type.clone(),
+            due: task.not_before,
         };
         let subject = subjects::attempts_subject(&task.tenant_id, &task.subscription_id);
         // Only the send is awaited here; the PubAck is awaited off the delivery's path, so a
@@ -688,77 +658,6 @@ impl Deliverer {
         }
     }
 
-    /// Dead-letters the first attempt of `task` as a `system_error` that no attempt was made
-    /// for (a fan-out that could not store its outcome, `why`). True once it is stored.
-    pub async fn give_up(&self, task: &Delivery, why: &str) -> bool {
-        let death = Death {
-            reason: "system_error",
-            failed_by: "system",
-            attempts: 0,
-            status: None,
-            error: why.to_owned(),
-        };
-        let id = format!("dlq:{}:{}", task.event_id, task.subscription_id);
-        self.store_dead_letter(task, death, id).await.is_ok()
-    }
-
-    /// Stores a dead letter and only then terminates the task; if the dead letter cannot be
-    /// stored the task is handed back, never dropped.
-    async fn dead_letter(
-        &self,
-        message: &jetstream::Message,
-        sequence: u64,
-        task: &Delivery,
-        death: Death,
-    ) {
-        match self
-            .store_dead_letter(task, death, format!("dlq:{sequence}"))
-            .await
-        {
-            Ok(()) => ack(message, AckKind::Term).await,
-            Err(()) => ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await,
-        }
-    }
-
-    /// Stores the dead letter of `task` under `msg_id` (logged either way).
-    async fn store_dead_letter(
-        &self,
-        task: &Delivery,
-        death: Death,
-        msg_id: String,
-    ) -> Result<(), ()> {
-        let letter = DeadLetter {
-            delivery: Some(task.clone()),
-            attempts: death.attempts,
-            last_status_code: death.status.map(u32::from).unwrap_or(0),
-            last_error: death.error,
-            dead_at: Some(proto::time::now()),
-            reason: death.reason.to_owned(),
-            failed_by: death.failed_by.to_owned(),
-        };
-        let publish = PublishMessage::build()
-            .payload(letter.encode_to_vec().into())
-            .message_id(msg_id);
-        let subject = subjects::dlq_subject(&task.tenant_id, &task.subscription_id);
-        match self.publish(subject, publish).await {
-            Ok(()) => {
-                tracing::warn!(event_id = %task.event_id, subscription_id = %task.subscription_id, reason = death.reason, "delivery dead-lettered");
-                self.metrics.delivered("dead_lettered");
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&Reason {
-                        reason: death.reason,
-                    })
-                    .inc();
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(error = %error, "dead letter not stored, handed back");
-                Err(())
-            }
-        }
-    }
-
     /// Acceptance to 2xx, for live deliveries only: a replay's acceptance is long past.
     fn observe_latency(&self, task: &Delivery) {
         if task.origin() != proto::v1::DeliveryOrigin::Live {
@@ -773,14 +672,18 @@ impl Deliverer {
         }
     }
 
-    fn handed_back(&self, reason: &'static str) {
+    pub(crate) fn handed_back(&self, reason: &'static str) {
         self.metrics
             .handed_back
             .get_or_create(&Reason { reason })
             .inc();
     }
 
-    async fn publish(&self, subject: String, publish: PublishMessage) -> anyhow::Result<()> {
+    pub(crate) async fn publish(
+        &self,
+        subject: String,
+        publish: PublishMessage,
+    ) -> anyhow::Result<()> {
         self.js.send_publish(subject, publish).await?.await?;
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! - [`fanout`]: events consumer → one delivery task per (event, subscription).
 //! - [`deliver`]: deliveries consumer → admit, sign, POST, record, then ack, retry or
 //!   dead-letter; why the attempt number travels in the task.
+//! - [`dead_letter`]: storing dead letters; one the stream refuses waits, never re-attempted.
 //! - [`retry`]: `RetryPolicy`, the pure decision after an attempt.
 //! - [`gate`]: per-endpoint admission: in-flight bound, circuit breaker, rate limit.
 //! - [`health`]: failing-since tracking and automatic disabling.
@@ -20,6 +21,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dead_letter;
 pub mod deliver;
 pub mod fanout;
 pub mod gate;

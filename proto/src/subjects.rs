@@ -228,6 +228,25 @@ pub fn defer_msg_id(lane: &str, sequence: u64) -> String {
     format!("defer:{lane}:{sequence}")
 }
 
+/// The idempotency id of the dead letter of the task at `sequence` in stream `lane`; kept in
+/// the task while the dead-letter stream has no room, so storing it again stores it once.
+pub fn dead_letter_msg_id(lane: &str, sequence: u64) -> String {
+    format!("dlq:{lane}:{sequence}")
+}
+
+/// The idempotency id of the dead letter of a live event's first attempt made straight from
+/// the fan-out (no task existed yet).
+pub fn first_dead_letter_msg_id(event_id: &str, subscription: &str) -> String {
+    format!("dlq:{event_id}:{subscription}")
+}
+
+/// The idempotency id of a task filed in the waiting room to store its dead letter later;
+/// `this_try` is the dead-letter id of the message being settled (a new one on every try, so
+/// a second wait is not taken for a duplicate of the first).
+pub fn pending_death_msg_id(this_try: &str) -> String {
+    format!("death:{this_try}")
+}
+
 /// The idempotency id of a waiting task (at `sequence` in the waiting stream) moved on when
 /// its bucket is due: a bucket drained twice moves each task once.
 pub fn wait_msg_id(sequence: u64) -> String {

@@ -104,6 +104,7 @@ fn delivery(tenant: &str, subscription: &str, event_id: &str) -> Delivery {
         not_before: Some(proto::time::now()),
         last_status_code: 500,
         last_error: "HTTP 500".into(),
+        pending_death: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! When an outcome cannot be stored (a full stream): the matches already delivered are not
-//! delivered again, the loop ends in a recorded `system_error`, and a retry with no room is
-//! dead-lettered with its attempt counted rather than attempted again at the same number.
+//! delivered again, the loop ends in a recorded `system_error`, a retry with no room is
+//! dead-lettered with its attempt counted rather than attempted again at the same number, and a
+//! dead letter with no room waits for it without the final attempt being made again.
 
 use std::time::Duration;
 
@@ -48,6 +49,42 @@ async fn unfill(js: &jetstream::Context, stream: &str, subject: &str, max_bytes:
     let mut info = s.get_info().await.unwrap();
     info.config.max_bytes = max_bytes;
     js.update_stream(&info.config).await.unwrap();
+}
+
+/// Fills the dead-letter stream; returns the filler's subject and the stream's cap.
+async fn fill_dlq(js: &jetstream::Context) -> (String, i64) {
+    let cap = js
+        .get_stream(subjects::DLQ_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .config
+        .max_bytes;
+    let filler = subjects::dlq_subject("filler", "sub_filler");
+    fill(js, subjects::DLQ_STREAM, &filler, 64 * 1024).await;
+    (filler, cap)
+}
+
+/// Until the dispatcher has found no room for a dead letter twice (the second time after it
+/// waited in the waiting room).
+async fn refused_twice(sys: &System) {
+    eventually(
+        Duration::from_secs(60),
+        "two refused dead letters",
+        || async {
+            let refused = dispatcher_metric(
+                sys,
+                "webhooks_deliveries_handed_back_total",
+                &[("reason", "dead_letter_pending")],
+            )
+            .await;
+            (refused >= 2.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
 
 async fn dead_letters(sys: &System, key: &str, sub: &str) -> Vec<Value> {
@@ -100,19 +137,9 @@ async fn a_match_whose_outcome_cannot_be_stored_repeats_no_other_and_ends_in_a_d
         .unwrap()
         .config
         .max_bytes;
-    let dlq_cap = js
-        .get_stream(subjects::DLQ_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .config
-        .max_bytes;
     let filler_waiting = subjects::waiting_subject(NEVER);
-    let filler_dlq = subjects::dlq_subject("filler", "sub_filler");
     fill(&js, subjects::WAITING_STREAM, &filler_waiting, 64 * 1024).await;
-    fill(&js, subjects::DLQ_STREAM, &filler_dlq, 64 * 1024).await;
+    let (filler_dlq, dlq_cap) = fill_dlq(&js).await;
 
     let id = sys.send_event(&key, event("call.started", "agent_1")).await;
     // The fan-out is handed back and tried again: the failing endpoint is attempted twice...
@@ -215,4 +242,81 @@ async fn a_retry_with_no_room_to_wait_is_dead_lettered_with_its_attempt_counted(
     .await
     .unwrap();
     assert!(ratio > 0.9, "{ratio}");
+}
+
+#[tokio::test]
+async fn a_final_attempt_whose_dead_letter_finds_no_room_is_made_once_and_dead_lettered_later() {
+    let sys = System::start().await;
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    let key = sys.tenant_key("acme").await;
+    let failing = TestReceiver::start(vec![]).await.unwrap();
+    // Two attempts: the first straight from the fan-out, the last from the deliveries lane.
+    let (sub, _) = sys
+        .subscribe(
+            &key,
+            json!({"url": failing.url(), "event_types": ["*"], "retry": {"max_attempts": 2, "schedule_ms": [1500]}}),
+        )
+        .await;
+    a_delivery_where(&sys, &key, &failing, "the endpoint is known", |_| true).await;
+    while failing.recv_within(QUIET).await.is_some() {}
+    failing.answer_after_script(500).unwrap();
+    let (filler, dlq_cap) = fill_dlq(&js).await;
+
+    let id = sys.send_event(&key, event("call.started", "agent_1")).await;
+    // The dead letter is refused twice (the second time after waiting in the waiting room)...
+    refused_twice(&sys).await;
+    unfill(&js, subjects::DLQ_STREAM, &filler, dlq_cap).await;
+    // ...and stored once there is room, with both attempts counted.
+    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
+        dead_letters(&sys, &key, &sub).await.first().cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead["event_id"], json!(id), "{dead}");
+    assert_eq!(dead["reason"], json!("attempts_exhausted"), "{dead}");
+    assert_eq!(dead["failed_by"], json!("endpoint"), "{dead}");
+    assert_eq!(dead["attempts"], json!(2), "{dead}");
+    assert_eq!(dead["last_status_code"], json!(500), "{dead}");
+    // Each attempt was made once: the final one was not made again while its letter waited.
+    assert_eq!(received(&failing, &id).await, 2);
+    assert!(
+        failing.expect_none(QUIET).await.is_none(),
+        "attempted again"
+    );
+    assert_eq!(dead_letters(&sys, &key, &sub).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_first_attempt_whose_dead_letter_finds_no_room_is_not_fanned_out_again() {
+    let sys = System::start().await;
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    let key = sys.tenant_key("acme").await;
+    let failing = TestReceiver::start(vec![]).await.unwrap();
+    let (sub, _) = sys
+        .subscribe(
+            &key,
+            json!({"url": failing.url(), "event_types": ["*"], "retry": {"max_attempts": 1}}),
+        )
+        .await;
+    a_delivery_where(&sys, &key, &failing, "the endpoint is known", |_| true).await;
+    while failing.recv_within(QUIET).await.is_some() {}
+    failing.answer_after_script(500).unwrap();
+    let (filler, dlq_cap) = fill_dlq(&js).await;
+
+    let id = sys.send_event(&key, event("call.started", "agent_1")).await;
+    refused_twice(&sys).await;
+    unfill(&js, subjects::DLQ_STREAM, &filler, dlq_cap).await;
+    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
+        dead_letters(&sys, &key, &sub).await.first().cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead["event_id"], json!(id), "{dead}");
+    assert_eq!(dead["reason"], json!("attempts_exhausted"), "{dead}");
+    assert_eq!(dead["attempts"], json!(1), "{dead}");
+    assert_eq!(received(&failing, &id).await, 1);
+    assert!(
+        failing.expect_none(QUIET).await.is_none(),
+        "attempted again"
+    );
 }
