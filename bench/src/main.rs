@@ -9,6 +9,7 @@
 
 mod layout;
 mod load;
+mod neighbours;
 mod receiver;
 mod setup;
 mod system;
@@ -163,7 +164,7 @@ async fn run_once(
     client: &reqwest::Client,
     tck: f64,
 ) -> anyhow::Result<Metrics> {
-    let sys = System::start(bins, dir, client).await?;
+    let sys = System::start(bins, dir, client, &[]).await?;
     let result = measure(s, &sys, client, tck).await;
     sys.stop().await;
     // The store can be large; the logs stay.
@@ -626,8 +627,38 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         results.push((s, done));
     }
 
+    let mut neighbours_done: Vec<(neighbours::Scenario, Vec<Metrics>)> = Vec::new();
+    for s in neighbours::scenarios() {
+        let digits = s.id.trim_end_matches(char::is_alphabetic);
+        if !only.is_empty() && !only.iter().any(|o| o == s.id || o == digits) {
+            continue;
+        }
+        let mut done = Vec::new();
+        for run in 1..=runs {
+            eprintln!("scenario {} ({}), run {run}/{runs}", s.id, s.title);
+            let dir = work.join(format!("{}-{run}", s.id));
+            let m = neighbours::run_once(&s, &bins, &dir, &client, tck)
+                .await
+                .with_context(|| {
+                    format!("scenario {} run {run} (logs in {})", s.id, dir.display())
+                })?;
+            eprintln!("  {}", serde_json::to_string(&m)?);
+            done.push(m);
+        }
+        neighbours_done.push((s, done));
+    }
+
     let t = table(&results);
     println!("\n{t}");
+    let t2 = neighbours::table(&neighbours_done);
+    println!("\n{t2}");
+    let neighbours_json: Vec<Value> = neighbours_done
+        .iter()
+        .map(|(s, runs)| {
+            let (med, min, max) = stats(runs);
+            json!({"id": s.id, "title": s.title, "median": med, "min": min, "max": max, "runs": runs})
+        })
+        .collect();
     let scenarios_json: Vec<Value> = results
         .iter()
         .map(|(s, runs)| {
@@ -656,6 +687,8 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         "rust_log": std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
         "scenarios": scenarios_json,
         "table_markdown": t,
+        "neighbour_scenarios": neighbours_json,
+        "neighbour_table_markdown": t2,
     });
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;

@@ -50,12 +50,18 @@ async fn wait_ready(client: &reqwest::Client, url: &str, what: &str) -> anyhow::
 
 impl System {
     /// Starts everything in `dir` (wiped first; logs stay there, the NATS store is `dir/nats`).
-    pub async fn start(bins: &Bins, dir: &Path, client: &reqwest::Client) -> anyhow::Result<Self> {
+    /// `extra` is added to both services' environment (a scenario's own settings).
+    pub async fn start(
+        bins: &Bins,
+        dir: &Path,
+        client: &reqwest::Client,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let mut sys = System {
             procs: Vec::new(),
             api: format!("http://127.0.0.1:{INGEST_PORT}"),
         };
-        match sys.start_in(bins, dir, client).await {
+        match sys.start_in(bins, dir, client, extra).await {
             Ok(()) => Ok(sys),
             Err(e) => {
                 sys.stop().await;
@@ -69,6 +75,7 @@ impl System {
         bins: &Bins,
         dir: &Path,
         client: &reqwest::Client,
+        extra: &[(&str, String)],
     ) -> anyhow::Result<()> {
         let sys = self;
         // A second benchmark on the same ports would otherwise pass every readiness check on
@@ -114,6 +121,9 @@ impl System {
                 .env("RUST_LOG", &log)
                 .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+            for (name, value) in extra {
+                cmd.env(name, value);
+            }
         };
         let mut ingest = Command::new(&bins.ingest);
         env(&mut ingest);
