@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{
     self, kv,
     stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
@@ -151,27 +150,30 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
     ];
     for config in streams {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .with_context(|| format!("creating stream {name}"))?;
+        patiently(&format!("creating stream {name}"), || {
+            js.create_or_update_stream(config.clone())
+        })
+        .await?;
     }
     let subscriptions = bucket(js, subjects::SUBSCRIPTIONS_BUCKET, replicas).await?;
     let api_keys = bucket(js, subjects::API_KEYS_BUCKET, replicas).await?;
     let health = bucket(js, subjects::HEALTH_BUCKET, replicas).await?;
     let event_index = event_index_bucket(js, s).await?;
-    let fanout_progress = js
-        .create_or_update_key_value(kv::Config {
-            bucket: subjects::FANOUT_PROGRESS_BUCKET.into(),
-            description: "settled matches of fan-outs handed back after a partial failure".into(),
-            history: 1,
-            max_age: Duration::from_secs(24 * 3600),
-            max_bytes: 64 * MIB,
-            storage: StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating kv bucket {}", subjects::FANOUT_PROGRESS_BUCKET))?;
+    let progress = kv::Config {
+        bucket: subjects::FANOUT_PROGRESS_BUCKET.into(),
+        description: "settled matches of fan-outs handed back after a partial failure".into(),
+        history: 1,
+        max_age: Duration::from_secs(24 * 3600),
+        max_bytes: 64 * MIB,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let fanout_progress = patiently(
+        &format!("creating kv bucket {}", subjects::FANOUT_PROGRESS_BUCKET),
+        || js.create_or_update_key_value(progress.clone()),
+    )
+    .await?;
     Ok(Stores {
         fanout_progress,
         subscriptions,
@@ -200,9 +202,11 @@ async fn event_index_bucket(
         num_replicas: s.stream_replicas,
         ..Default::default()
     };
-    js.create_or_update_key_value(config)
-        .await
-        .with_context(|| format!("creating kv bucket {}", subjects::EVENT_INDEX_BUCKET))
+    patiently(
+        &format!("creating kv bucket {}", subjects::EVENT_INDEX_BUCKET),
+        || js.create_or_update_key_value(config.clone()),
+    )
+    .await
 }
 
 async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow::Result<kv::Store> {
@@ -216,11 +220,95 @@ async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow:
     };
     match js.get_key_value(name).await {
         Ok(store) => Ok(store),
-        Err(_) => js
-            .create_or_update_key_value(config)
+        Err(_) => {
+            patiently(&format!("creating kv bucket {name}"), || {
+                js.create_or_update_key_value(config.clone())
+            })
             .await
-            .with_context(|| format!("creating kv bucket {name}")),
+        }
     }
+}
+
+/// How long start-up keeps asking a JetStream that is busy before it gives up.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs a start-up JetStream request, asking again (each second, for up to [`PATIENCE`]) while
+/// it fails the way a busy cluster fails: a request that timed out, a 503 while leaders are
+/// elected, no peer for a replica while a node is offline. Any other error (a limit, a bad config) fails at once, with
+/// `what` as its context.
+pub async fn patiently<T, E, F, Fut>(what: &str, mut request: F) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        match request().await {
+            Ok(value) => return Ok(value),
+            Err(e) if is_transient(&e) && started.elapsed() < PATIENCE => {
+                tracing::warn!(error = %e, "{what}: jetstream busy, asking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_owned())),
+        }
+    }
+}
+
+/// Whether an error of the JetStream API, or one it wraps, is a cluster being busy.
+pub fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::{
+        context::{
+            AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+            CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
+            RequestError, RequestErrorKind,
+        },
+        stream::{ConsumerError, ConsumerErrorKind},
+    };
+    // A 503, or no peer for a replica while a node is offline (a cluster forming or losing a
+    // node; on a single server R3 fails differently, with "replicas not supported").
+    let busy = |j: &jetstream::Error| {
+        j.code() == 503 || j.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
+    };
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(e) = e.downcast_ref::<CreateStreamError>() {
+            match e.kind() {
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                    return true;
+                }
+                CreateStreamErrorKind::JetStream(j) => return busy(&j),
+                _ => {}
+            }
+        } else if let Some(e) = e.downcast_ref::<AccountError>() {
+            match e.kind() {
+                AccountErrorKind::TimedOut | AccountErrorKind::JetStreamUnavailable => return true,
+                AccountErrorKind::JetStream(j) => return busy(&j),
+                AccountErrorKind::Other => {}
+            }
+        } else if let Some(e) = e.downcast_ref::<GetStreamError>() {
+            if let GetStreamErrorKind::JetStream(j) = e.kind() {
+                return busy(&j);
+            }
+        } else if let Some(e) = e.downcast_ref::<ConsumerError>() {
+            match e.kind() {
+                ConsumerErrorKind::TimedOut => return true,
+                ConsumerErrorKind::JetStream(j) => return busy(&j),
+                _ => {}
+            }
+        } else if let Some(e) = e.downcast_ref::<RequestError>() {
+            return matches!(
+                e.kind(),
+                RequestErrorKind::TimedOut | RequestErrorKind::NoResponders
+            );
+        } else if let Some(e) = e.downcast_ref::<CreateKeyValueError>()
+            && e.kind() == CreateKeyValueErrorKind::TimedOut
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Whether the events stream answers: what `/readyz` reports besides the connection.
@@ -233,4 +321,88 @@ pub async fn streams_ready(js: &jetstream::Context) -> bool {
         .await,
         Ok(Ok(_))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use async_nats::jetstream::context::{
+        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+    };
+
+    fn api_error(code: u16, err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code, "err_code": err_code, "description": "from the server"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_timeout_or_a_busy_cluster_is_asked_again_and_a_refusal_is_not() {
+        let timed_out = CreateStreamError::new(CreateStreamErrorKind::TimedOut);
+        assert!(is_transient(&timed_out));
+        let busy = CreateStreamError::new(CreateStreamErrorKind::JetStream(api_error(503, 10008)));
+        assert!(is_transient(&busy));
+        let no_peer =
+            CreateStreamError::new(CreateStreamErrorKind::JetStream(api_error(400, 10005)));
+        assert!(
+            is_transient(&no_peer),
+            "a peer offline while the cluster forms"
+        );
+        let refused =
+            CreateStreamError::new(CreateStreamErrorKind::JetStream(api_error(400, 10047)));
+        assert!(!is_transient(&refused), "insufficient resources is final");
+        // A bucket wraps the stream's error; the cause decides.
+        let wrapped =
+            CreateKeyValueError::with_source(CreateKeyValueErrorKind::JetStream, timed_out);
+        assert!(is_transient(&wrapped));
+        let wrapped = CreateKeyValueError::with_source(CreateKeyValueErrorKind::JetStream, refused);
+        assert!(!is_transient(&wrapped));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn patiently_asks_again_while_busy_and_stops_at_a_refusal() {
+        let mut calls = 0;
+        let value = patiently("creating stream X", || {
+            calls += 1;
+            let result = if calls < 3 {
+                Err(CreateStreamError::new(CreateStreamErrorKind::TimedOut))
+            } else {
+                Ok(calls)
+            };
+            async move { result }
+        })
+        .await
+        .unwrap();
+        assert_eq!(value, 3);
+
+        let mut calls = 0;
+        let e = patiently("creating stream X", || {
+            calls += 1;
+            async {
+                Err::<(), _>(CreateStreamError::new(CreateStreamErrorKind::JetStream(
+                    api_error(400, 10047),
+                )))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1, "a refusal is not asked again");
+        assert!(format!("{e:#}").starts_with("creating stream X: "), "{e:#}");
+
+        let mut calls = 0;
+        let started = tokio::time::Instant::now();
+        patiently("creating stream X", || {
+            calls += 1;
+            async { Err::<(), _>(CreateStreamError::new(CreateStreamErrorKind::TimedOut)) }
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            started.elapsed() >= PATIENCE,
+            "gave up before its patience ran out"
+        );
+        assert!(calls <= PATIENCE.as_secs() + 2, "{calls} calls");
+    }
 }

@@ -77,7 +77,7 @@ impl App {
             watch::spawn(stores.health.clone(), failing.clone(), background.clone());
         for r in [&mut ready, &mut failing_ready] {
             anyhow::ensure!(
-                r.wait(Duration::from_secs(30)).await,
+                r.wait(common::topology::PATIENCE).await,
                 "kv mirrors did not load"
             );
         }
@@ -353,17 +353,23 @@ async fn consumer(
     config: pull::Config,
 ) -> anyhow::Result<PullConsumer> {
     let name = config.durable_name.clone().unwrap_or_default();
-    let stream = js
-        .get_stream(stream)
-        .await
-        .with_context(|| format!("opening stream {stream}"))?;
+    let stream = common::topology::patiently(&format!("opening stream {stream}"), || {
+        js.get_stream(stream)
+    })
+    .await?;
     // Create, or bring an existing durable up to date with this version's settings.
-    match stream.create_consumer(config.clone()).await {
+    let created = common::topology::patiently(&format!("creating consumer {name}"), || {
+        stream.create_consumer(config.clone())
+    })
+    .await;
+    match created {
         Ok(consumer) => Ok(consumer),
-        Err(_) => Ok(stream
-            .update_consumer(config)
+        Err(_) => {
+            common::topology::patiently(&format!("updating consumer {name}"), || {
+                stream.update_consumer(config.clone())
+            })
             .await
-            .with_context(|| format!("creating consumer {name}"))?),
+        }
     }
 }
 

@@ -21,11 +21,16 @@ pub trait Handler: Send + Sync + 'static {
 
 /// How long a stopping loop keeps taking already-pulled messages to hand them back.
 const HAND_BACK_WINDOW: Duration = Duration::from_millis(250);
+/// How long a handed-back message waits before JetStream delivers it again: longer than the
+/// window, so it goes to another replica and never back to this stopping one (its pull still
+/// open), which would hand it back again and again, each time a delivery counted against
+/// the fan-out's limit.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Pulls until `token` is cancelled, running each message on `tracker` with at most
 /// `concurrency` at once. A permit is taken before a message is, so nothing waits in this
-/// process for a slot; on cancel, messages already pulled but not started are naked at once, so
-/// another replica takes them now rather than after the ack wait.
+/// process for a slot; on cancel, messages already pulled but not started are handed back (after
+/// [`HAND_BACK_DELAY`]), so another replica takes them soon rather than after the ack wait.
 pub async fn run<H: Handler>(
     handler: Arc<H>,
     consumer: PullConsumer,
@@ -62,7 +67,7 @@ pub async fn run<H: Handler>(
     let deadline = tokio::time::Instant::now() + HAND_BACK_WINDOW;
     let mut handed_back = 0usize;
     while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, messages.next()).await {
-        crate::fanout::ack(&message, AckKind::Nak(None)).await;
+        crate::fanout::ack(&message, AckKind::Nak(Some(HAND_BACK_DELAY))).await;
         handed_back += 1;
     }
     tracing::info!(consumer = what, handed_back, "stopped pulling");

@@ -29,6 +29,7 @@ use async_nats::{
         self, AckKind,
         consumer::{AckPolicy, DeliverPolicy, pull},
         message::PublishMessage,
+        stream::LastRawMessageErrorKind,
     },
 };
 use futures::StreamExt as _;
@@ -173,6 +174,15 @@ impl Waiting {
     pub async fn drain(&self, bucket: u64, progress: &jetstream::Message) -> anyhow::Result<usize> {
         let subject = subjects::waiting_subject(bucket);
         let stream = self.js.get_stream(subjects::WAITING_STREAM).await?;
+        // The stream leader says where the bucket ends. Not the new consumer's pending count:
+        // an ephemeral consumer may sit on a replica that lags (a node just lost or back), and
+        // a count short of the end would purge nothing past it yet ack the tick, stranding the
+        // rest with no tick to come.
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message.sequence,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
         let consumer: jetstream::consumer::PullConsumer = stream
             .create_consumer(pull::Config {
                 filter_subject: subject.clone(),
@@ -182,7 +192,6 @@ impl Waiting {
                 ..Default::default()
             })
             .await?;
-        let total = consumer.cached_info().num_pending as usize;
         let name = consumer.cached_info().name.clone();
         let mut moved = 0usize;
         let mut last_sequence = 0u64;
@@ -192,11 +201,11 @@ impl Waiting {
             .messages()
             .await?;
         let mut pending = Vec::with_capacity(MOVE_CHUNK);
-        while moved + pending.len() < total {
+        while last_sequence < last {
             let Some(message) =
                 tokio::time::timeout(Duration::from_secs(10), messages.next()).await?
             else {
-                break;
+                anyhow::bail!("bucket consumer ended at {last_sequence} of {last}");
             };
             let message = message?;
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);

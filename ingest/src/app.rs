@@ -6,7 +6,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -81,7 +80,7 @@ impl App {
         // Serve only with a complete picture of keys and subscriptions.
         for ready in [&mut keys_ready, &mut subs_ready] {
             anyhow::ensure!(
-                ready.wait(Duration::from_secs(30)).await,
+                ready.wait(topology::PATIENCE).await,
                 "kv mirrors did not catch up"
             );
         }

@@ -246,6 +246,8 @@ async fn a_nats_node_killed_mid_stream_and_a_rolling_dispatcher_restart_lose_not
             status.success(),
             "a drained dispatcher exits cleanly: {status}"
         );
+        // Its log goes with it; printed now, it is shown if the test fails.
+        eprintln!("----- stopped dispatcher's log -----\n{}", dispatcher.log());
         *dispatcher = Proc::dispatcher_at(&urls, &REPLICAS).await;
     }
     let produced = producer.await.unwrap();

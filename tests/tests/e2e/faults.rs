@@ -530,3 +530,56 @@ async fn sigterm_drains_in_flight_deliveries_and_hands_back_the_rest() {
         started.elapsed()
     );
 }
+
+/// What a stopping dispatcher had pulled but not started goes back once, not over and over:
+/// handed back at once, a message was pulled again by the same stopping process (its pull
+/// requests still open), handed back again, and so on for the whole hand-back window, each
+/// time a delivery counted against the fan-out's limit (8). In a rolling restart that
+/// dead-lettered events as `system_error` that no fault had touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_dispatcher_hands_each_unstarted_event_back_once() {
+    let sys = system().await;
+    let key = sys.tenant_key("acme").await;
+    let receiver = TestReceiver::start(vec![]).await.unwrap();
+    for _ in 0..5 {
+        subscribe_all(&sys, &key, &receiver, 100).await;
+    }
+    // A backlog for one fan-out at a time: at the SIGTERM most events wait in the stream,
+    // and the loop has the next in hand.
+    post_events(&sys, &key, 3000, "handback").await;
+    let mut first = Proc::dispatcher(&sys.nats, &[("WEBHOOKS_FANOUT_CONCURRENCY", "1")]).await;
+    first.sigterm().await;
+    assert!(first.wait_exit(Duration::from_secs(20)).await.success());
+
+    // Pull what is left as the next replica would, and read how often each was delivered.
+    let client = async_nats::connect(sys.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(proto::subjects::EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_consumer(proto::subjects::FANOUT_CONSUMER)
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(3000)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    let mut deliveries = BTreeMap::<i64, usize>::new();
+    while let Some(Ok(message)) = futures::StreamExt::next(&mut batch).await {
+        *deliveries
+            .entry(message.info().unwrap().delivered)
+            .or_default() += 1;
+    }
+    let left: usize = deliveries.values().sum();
+    assert!(left > 100, "a backlog was left: {deliveries:?}");
+    // Ours is at most the second: the stopping process had each at most once.
+    let most = deliveries.keys().max().copied().unwrap_or(0);
+    assert!(
+        most <= 2,
+        "events delivered {most} times (how many, by times delivered: {deliveries:?})"
+    );
+}

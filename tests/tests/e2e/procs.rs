@@ -17,7 +17,7 @@ use testkit::{NatsServer, eventually};
 use tokio::process::{Child, Command};
 
 /// How long a process may take to answer `/readyz` with 200.
-const READY_WITHIN: Duration = Duration::from_secs(30);
+const READY_WITHIN: Duration = Duration::from_secs(90);
 
 /// A service binary running as a child process (SIGKILLed on drop).
 pub struct Proc {
