@@ -257,21 +257,9 @@ async fn a_final_attempt_whose_dead_letter_finds_no_room_is_made_once_and_dead_l
             json!({"url": failing.url(), "event_types": ["*"], "retry": {"max_attempts": 2, "schedule_ms": [1500]}}),
         )
         .await;
-    a_delivery_where(&sys, &key, &failing, "the endpoint is known", |_| true).await;
-    while failing.recv_within(QUIET).await.is_some() {}
-    failing.answer_after_script(500).unwrap();
-    let (filler, dlq_cap) = fill_dlq(&js).await;
-
-    let id = sys.send_event(&key, event("call.started", "agent_1")).await;
-    // The dead letter is refused twice (the second time after waiting in the waiting room)...
-    refused_twice(&sys).await;
-    unfill(&js, subjects::DLQ_STREAM, &filler, dlq_cap).await;
-    // ...and stored once there is room, with both attempts counted.
-    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
-        dead_letters(&sys, &key, &sub).await.first().cloned()
-    })
-    .await
-    .unwrap();
+    // The dead letter is refused twice (the second time after waiting in the waiting room),
+    // and stored once there is room, with both attempts counted.
+    let (id, dead) = dead_lettered_after_no_room(&sys, &js, &key, &failing, &sub).await;
     assert_eq!(dead["event_id"], json!(id), "{dead}");
     assert_eq!(dead["reason"], json!("attempts_exhausted"), "{dead}");
     assert_eq!(dead["failed_by"], json!("endpoint"), "{dead}");
@@ -286,6 +274,30 @@ async fn a_final_attempt_whose_dead_letter_finds_no_room_is_made_once_and_dead_l
     assert_eq!(dead_letters(&sys, &key, &sub).await.len(), 1);
 }
 
+/// With `failing` answering 500 and the DLQ full, sends one event, waits until its dead letter
+/// was refused twice, makes room, and answers the event's id and its dead letter once stored.
+async fn dead_lettered_after_no_room(
+    sys: &System,
+    js: &jetstream::Context,
+    key: &str,
+    failing: &TestReceiver,
+    sub: &str,
+) -> (String, Value) {
+    a_delivery_where(sys, key, failing, "the endpoint is known", |_| true).await;
+    while failing.recv_within(QUIET).await.is_some() {}
+    failing.answer_after_script(500).unwrap();
+    let (filler, dlq_cap) = fill_dlq(js).await;
+    let id = sys.send_event(key, event("call.started", "agent_1")).await;
+    refused_twice(sys).await;
+    unfill(js, subjects::DLQ_STREAM, &filler, dlq_cap).await;
+    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
+        dead_letters(sys, key, sub).await.first().cloned()
+    })
+    .await
+    .unwrap();
+    (id, dead)
+}
+
 #[tokio::test]
 async fn a_first_attempt_whose_dead_letter_finds_no_room_is_not_fanned_out_again() {
     let sys = System::start().await;
@@ -298,19 +310,7 @@ async fn a_first_attempt_whose_dead_letter_finds_no_room_is_not_fanned_out_again
             json!({"url": failing.url(), "event_types": ["*"], "retry": {"max_attempts": 1}}),
         )
         .await;
-    a_delivery_where(&sys, &key, &failing, "the endpoint is known", |_| true).await;
-    while failing.recv_within(QUIET).await.is_some() {}
-    failing.answer_after_script(500).unwrap();
-    let (filler, dlq_cap) = fill_dlq(&js).await;
-
-    let id = sys.send_event(&key, event("call.started", "agent_1")).await;
-    refused_twice(&sys).await;
-    unfill(&js, subjects::DLQ_STREAM, &filler, dlq_cap).await;
-    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
-        dead_letters(&sys, &key, &sub).await.first().cloned()
-    })
-    .await
-    .unwrap();
+    let (id, dead) = dead_lettered_after_no_room(&sys, &js, &key, &failing, &sub).await;
     assert_eq!(dead["event_id"], json!(id), "{dead}");
     assert_eq!(dead["reason"], json!("attempts_exhausted"), "{dead}");
     assert_eq!(dead["attempts"], json!(1), "{dead}");
