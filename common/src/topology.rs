@@ -234,8 +234,8 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs a start-up JetStream request, asking again (each second, for up to [`PATIENCE`]) while
 /// it fails the way a busy cluster fails: a request that timed out, a 503 while leaders are
-/// elected, no peer for a replica while a node is offline. Any other error (a limit, a bad config) fails at once, with
-/// `what` as its context.
+/// elected, no peer for a replica while a node is offline. Any other error (a limit, a bad
+/// config) fails at once, with `what` as its context.
 pub async fn patiently<T, E, F, Fut>(what: &str, mut request: F) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
