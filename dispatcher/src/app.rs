@@ -188,6 +188,7 @@ impl App {
                 breaker_cooldown: settings.breaker_cooldown,
                 breaker_max_cooldown: settings.breaker_max_cooldown,
                 per_tenant: settings.per_tenant_in_flight,
+                line: settings.max_in_flight,
             }),
             health: Health {
                 bucket: stores.health.clone(),
@@ -199,6 +200,7 @@ impl App {
             waiting: waiting.clone(),
             ack_wait: settings.ack_wait,
             metrics: metrics.clone(),
+            stopping: token.clone(),
         });
         let ticks = Arc::new(crate::waiting::Ticks {
             waiting,

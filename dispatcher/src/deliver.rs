@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 use crate::{
     dead_letter::Death,
     fanout::ack,
-    gate::{Admission, Gate},
+    gate::{Admission, Gate, Refusal},
     health::Health,
     http_client,
     metrics::{Metrics, Reason},
@@ -59,6 +59,8 @@ pub struct Deliverer {
     pub waiting: Arc<crate::waiting::Waiting>,
     pub ack_wait: Duration,
     pub metrics: Arc<Metrics>,
+    /// Cancelled when the replica stops: a task waiting in line is handed back.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// What became of one attempt.
@@ -74,9 +76,9 @@ pub struct Tried {
 
 impl crate::pull::Handler for Deliverer {
     async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
-        // Held to the end: `max_in_flight` bounds the deliveries running at once.
-        Deliverer::handle(self, message).await;
-        drop(permit);
+        // Held to the end, unless the task waits in line (the line has bounds of its own):
+        // `max_in_flight` bounds the deliveries pulled and running at once.
+        Deliverer::handle(self, message, permit).await;
     }
 }
 
@@ -123,7 +125,7 @@ fn deliver_span(task: &Delivery, attempt: u32) -> tracing::Span {
 }
 
 impl Deliverer {
-    async fn handle(&self, message: jetstream::Message) {
+    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
         let (sequence, delivered, lane) = message
             .info()
             .map(|i| (i.stream_sequence, i.delivered, i.stream.to_owned()))
@@ -208,13 +210,10 @@ impl Deliverer {
         }
         let verdict = match &live.signer {
             Ok(_) => {
-                let admission = match self.gate.admit_for(
-                    &task.tenant_id,
-                    &live.sub.id,
-                    live.sub.rate_limit_per_s,
-                ) {
+                let admission = match self.admit(&message, &live, permit).await {
                     Ok(admission) => admission,
-                    Err(refusal) => {
+                    Err(None) => return,
+                    Err(Some(refusal)) => {
                         let mut later = task.clone();
                         let delay = self.gate.defer(&live.sub.id, refusal);
                         later.not_before =
@@ -260,6 +259,41 @@ impl Deliverer {
             }
             Verdict::Dead(death) => self.dead_letter(&message, sequence, &task, death).await,
         }
+    }
+
+    /// Admits a queued task now, or after waiting in line when its endpoint or its tenant's
+    /// share is only busy. `Err(Some)` sets it aside; `Err(None)` means the replica is stopping
+    /// and the task has been handed back.
+    async fn admit(
+        &self,
+        message: &jetstream::Message,
+        live: &Live,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Admission, Option<Refusal>> {
+        let (tenant, rate) = (&live.sub.tenant_id, live.sub.rate_limit_per_s);
+        let refusal = match self.gate.admit_for(tenant, &live.sub.id, rate) {
+            Ok(admission) => return Ok(admission),
+            Err(refusal @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => refusal,
+            Err(refusal) => return Err(Some(refusal)),
+        };
+        let Some(place) = self.gate.line(tenant, &live.sub.id) else {
+            return Err(Some(refusal));
+        };
+        drop(permit);
+        // A third of the ack wait: the attempt's own progress acks start a third later, so the
+        // message is never redelivered while it waits here.
+        let patience = self.ack_wait / 3;
+        self.metrics.in_line.inc();
+        let admitted = tokio::select! {
+            admitted = self.gate.wait_in_line(place, rate, patience) => admitted.map_err(Some),
+            () = self.stopping.cancelled() => Err(None),
+        };
+        self.metrics.in_line.dec();
+        if matches!(admitted, Err(None)) {
+            self.handed_back("stopping");
+            ack(message, AckKind::Nak(Some(crate::pull::HAND_BACK_DELAY))).await;
+        }
+        admitted
     }
 
     /// Admits a live event's first attempt straight from the fan-out: only when the

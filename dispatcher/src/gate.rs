@@ -1,7 +1,9 @@
 //! Per-endpoint admission: a bound on in-flight deliveries, a circuit breaker and the optional
-//! rate limit. A task that is not admitted is handed back to JetStream with a delay and
+//! rate limit. A task that is not admitted is set aside in the waiting room with a delay and
 //! without an attempt, so our own throttling never burns the endpoint's attempts (the attempt
-//! number travels in the task, see `deliver`). All of it is per replica and in memory.
+//! number travels in the task, see `deliver`). A task whose endpoint (or tenant) is only busy
+//! may first wait in line for the next free slot (`line`), a bounded queue per endpoint, per
+//! tenant and per replica. All of it is per replica and in memory.
 //!
 //! An endpoint's state is kept only while it matters: an entry nobody holds, unused for
 //! [`IDLE`] with a closed and clean circuit (or for twice the longest cool-down, whatever its
@@ -21,6 +23,9 @@ use std::{
 };
 
 use governor::{Quota, RateLimiter, clock::Clock as _};
+
+mod line;
+pub use line::Place;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Tuning, from `Settings`.
@@ -35,6 +40,9 @@ pub struct GateConfig {
     pub breaker_max_cooldown: Duration,
     /// Deliveries in flight at once for one tenant.
     pub per_tenant: usize,
+    /// Tasks waiting in line for a slot in this replica, all endpoints together (see
+    /// [`Gate::line`]); each endpoint's line is as long as its slots, each tenant's as its share.
+    pub line: usize,
 }
 
 /// Why a task was not admitted, and when to try again.
@@ -92,6 +100,8 @@ type Limiter = governor::DefaultDirectRateLimiter;
 
 struct Endpoint {
     slots: Arc<Semaphore>,
+    /// Places in this endpoint's line (as many as its slots).
+    line: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
     limiter: Mutex<Option<(u32, Limiter)>>,
     pace: Mutex<Pace>,
@@ -121,9 +131,18 @@ const MIN_TURN_LATENCY_MS: f64 = 20.0;
 pub struct Gate {
     config: GateConfig,
     endpoints: Mutex<Endpoints>,
-    /// Each tenant's in-flight permits; an entry nobody holds is dropped when the map is swept.
-    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each tenant's in-flight permits and line; an entry nobody holds is dropped when the
+    /// map is swept.
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    /// Places in line, all endpoints together.
+    line: Arc<Semaphore>,
     epoch: Instant,
+}
+
+/// One tenant's share of this replica.
+struct Tenant {
+    in_flight: Arc<Semaphore>,
+    line: Arc<Semaphore>,
 }
 
 /// Held while a delivery runs; tells the breaker how it went.
@@ -147,13 +166,14 @@ pub enum CircuitState {
 impl Gate {
     pub fn new(config: GateConfig) -> Self {
         Self {
-            config,
             endpoints: Mutex::new(Endpoints {
                 map: HashMap::new(),
                 sweep_at: MIN_SWEEP_AT,
             }),
             tenants: Mutex::new(HashMap::new()),
+            line: Arc::new(Semaphore::new(config.line)),
             epoch: Instant::now(),
+            config,
         }
     }
 
@@ -173,6 +193,7 @@ impl Gate {
         }
         let endpoint = Arc::new(Endpoint {
             slots: Arc::new(Semaphore::new(self.config.per_endpoint)),
+            line: Arc::new(Semaphore::new(self.config.per_endpoint)),
             breaker: Mutex::new(Breaker {
                 cooldown: self.config.breaker_cooldown,
                 ..Default::default()
@@ -219,13 +240,46 @@ impl Gate {
         endpoints.map.len()
     }
 
-    /// Admits one delivery to `subscription` now, or says how long to wait.
+    /// Admits one delivery to `subscription` now, or says how long to wait. A slot is taken
+    /// before the breaker and the rate limit are asked, so a busy endpoint spends no rate.
     pub fn admit(&self, subscription: &str, rate_limit_per_s: u32) -> Result<Admission, Refusal> {
-        let (endpoint, probe) = self.precheck(subscription, rate_limit_per_s)?;
-        match endpoint.slots.clone().try_acquire_owned() {
-            Ok(slot) => Ok(self.admission(endpoint, slot, probe)),
-            Err(_) => Err(Self::refuse(&endpoint, probe, Refusal::Busy(BUSY_DELAY))),
+        let endpoint = self.endpoint(subscription);
+        let Ok(slot) = endpoint.slots.clone().try_acquire_owned() else {
+            return Err(Refusal::Busy(BUSY_DELAY));
+        };
+        self.checked(endpoint, slot, rate_limit_per_s)
+    }
+
+    /// An admission for a slot already held, if the breaker and the rate limit agree.
+    fn checked(
+        &self,
+        endpoint: Arc<Endpoint>,
+        slot: OwnedSemaphorePermit,
+        rate_limit_per_s: u32,
+    ) -> Result<Admission, Refusal> {
+        let probe = self.precheck(&endpoint, rate_limit_per_s)?;
+        Ok(self.admission(endpoint, slot, probe))
+    }
+
+    fn tenant(&self, tenant: &str) -> Arc<Tenant> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        if tenants.len() >= MIN_SWEEP_AT {
+            let cap = self.config.per_tenant;
+            tenants.retain(|_, t| {
+                Arc::strong_count(t) > 1
+                    || t.in_flight.available_permits() < cap
+                    || t.line.available_permits() < cap
+            });
         }
+        tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Tenant {
+                    in_flight: Arc::new(Semaphore::new(self.config.per_tenant)),
+                    line: Arc::new(Semaphore::new(self.config.per_tenant)),
+                })
+            })
+            .clone()
     }
 
     /// Admits one delivery of `tenant` to `subscription` now: within the tenant's share of
@@ -236,18 +290,7 @@ impl Gate {
         subscription: &str,
         rate_limit_per_s: u32,
     ) -> Result<Admission, Refusal> {
-        let permits = {
-            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-            if tenants.len() >= MIN_SWEEP_AT {
-                let cap = self.config.per_tenant;
-                tenants.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < cap);
-            }
-            tenants
-                .entry(tenant.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_tenant)))
-                .clone()
-        };
-        let Ok(permit) = permits.try_acquire_owned() else {
+        let Ok(permit) = self.tenant(tenant).in_flight.clone().try_acquire_owned() else {
             let endpoint = self.endpoint(subscription);
             let turn = self.turn(&endpoint, self.config.per_tenant, Duration::ZERO);
             return Err(Refusal::TenantBusy(turn));
@@ -262,7 +305,11 @@ impl Gate {
     pub fn defer(&self, subscription: &str, refusal: Refusal) -> Duration {
         let endpoint = self.endpoint(subscription);
         match refusal {
-            Refusal::Busy(_) => self.turn(&endpoint, self.config.per_endpoint, Duration::ZERO),
+            // Not in line (the line was full or its wait ran out): after the line ahead of it.
+            Refusal::Busy(_) => {
+                let ahead = self.latency(&endpoint);
+                self.turn(&endpoint, self.config.per_endpoint, ahead)
+            }
             Refusal::CircuitOpen(d) => self.turn(&endpoint, self.config.per_endpoint, d),
             Refusal::RateLimited(d) => {
                 let rate = endpoint
@@ -280,15 +327,20 @@ impl Gate {
         }
     }
 
-    /// The next turn on `endpoint`'s clock for one of `slots` concurrent deliveries.
-    fn turn(&self, endpoint: &Endpoint, slots: usize, at_least: Duration) -> Duration {
-        let latency = endpoint
+    /// The endpoint's smoothed attempt latency (at least [`MIN_TURN_LATENCY_MS`]).
+    fn latency(&self, endpoint: &Endpoint) -> Duration {
+        let ms = endpoint
             .pace
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .latency_ms
             .max(MIN_TURN_LATENCY_MS);
-        let spacing = Duration::from_secs_f64(latency / 1000.0 / slots.max(1) as f64);
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+
+    /// The next turn on `endpoint`'s clock for one of `slots` concurrent deliveries.
+    fn turn(&self, endpoint: &Endpoint, slots: usize, at_least: Duration) -> Duration {
+        let spacing = self.latency(endpoint) / u32::try_from(slots.max(1)).unwrap_or(u32::MAX);
         self.advance(endpoint, spacing, at_least)
     }
 
@@ -329,14 +381,9 @@ impl Gate {
         refusal
     }
 
-    /// The breaker's and the rate limit's say: the endpoint, and whether this is the probe of
-    /// a half-open circuit.
-    fn precheck(
-        &self,
-        subscription: &str,
-        rate_limit_per_s: u32,
-    ) -> Result<(Arc<Endpoint>, bool), Refusal> {
-        let endpoint = self.endpoint(subscription);
+    /// The breaker's and the rate limit's say: whether this is the probe of a half-open
+    /// circuit.
+    fn precheck(&self, endpoint: &Endpoint, rate_limit_per_s: u32) -> Result<bool, Refusal> {
         let probe = {
             let mut b = endpoint.breaker.lock().unwrap_or_else(|p| p.into_inner());
             match b.open_until {
@@ -365,13 +412,13 @@ impl Gate {
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
                 drop(limiter);
                 return Err(Self::refuse(
-                    &endpoint,
+                    endpoint,
                     probe,
                     Refusal::RateLimited(wait.max(Duration::from_millis(10))),
                 ));
             }
         }
-        Ok((endpoint, probe))
+        Ok(probe)
     }
 
     /// The circuit state of `subscription`'s endpoint.
@@ -459,6 +506,7 @@ mod tests {
             breaker_cooldown: Duration::from_millis(cooldown_ms),
             breaker_max_cooldown: Duration::from_millis(cooldown_ms * 4),
             per_tenant: 8,
+            line: 8,
         })
     }
 
@@ -509,6 +557,7 @@ mod tests {
             breaker_cooldown: Duration::from_secs(5),
             breaker_max_cooldown: Duration::from_secs(300),
             per_tenant: 8,
+            line: 8,
         });
         for i in 0..5000 {
             g.admit(&format!("sub_{i}"), 10).unwrap().finish(false);

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub circuit_breakers: Family<CircuitLabel, Gauge>,
     /// Endpoints whose admission state (slots, circuit, rate limit) this replica keeps.
     pub endpoints_tracked: Gauge,
+    /// Tasks waiting in line in this replica for a busy endpoint's next free slot.
+    pub in_line: Gauge,
     /// Subscriptions whose signing secrets this replica cannot open (a missing master key).
     pub unsignable_subscriptions: Gauge,
     /// Messages of a consumer's stream not yet delivered to it (its lag).
@@ -134,6 +136,7 @@ impl Default for Metrics {
         }
         let circuit_breakers = Family::<CircuitLabel, Gauge>::default();
         let endpoints_tracked = Gauge::default();
+        let in_line = Gauge::default();
         let unsignable_subscriptions = Gauge::default();
         let consumer_pending = Family::<ConsumerLabel, Gauge>::default();
         let consumer_ack_pending = Family::<ConsumerLabel, Gauge>::default();
@@ -221,6 +224,11 @@ impl Default for Metrics {
             "Endpoints whose admission state (slots, circuit, rate limit) this replica keeps: those used in the last minute or with a failing circuit",
             endpoints_tracked.clone(),
         );
+        registry.register(
+            "in_line",
+            "Tasks waiting in line in this replica for a busy endpoint's next free slot (at most WEBHOOKS_MAX_IN_FLIGHT)",
+            in_line.clone(),
+        );
         registry.register_with_unit(
             "due_lateness",
             "Time from a task's due time (its retry schedule, or the turn it was set aside for) to its attempt",
@@ -282,6 +290,7 @@ impl Default for Metrics {
             due_lateness,
             circuit_breakers,
             endpoints_tracked,
+            in_line,
             unsignable_subscriptions,
             consumer_pending,
             consumer_ack_pending,

@@ -25,7 +25,7 @@ const HAND_BACK_WINDOW: Duration = Duration::from_millis(250);
 /// window, so it goes to another replica and never back to this stopping one (its pull still
 /// open), which would hand it back again and again, each time a delivery counted against
 /// the fan-out's limit.
-const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Pulls until `token` is cancelled, running each message on `tracker` with at most
 /// `concurrency` at once. A permit is taken before a message is, so nothing waits in this

@@ -130,6 +130,93 @@ async fn a_slow_endpoints_backlog_drains_without_spinning_or_dead_letters() {
     assert_eq!(dead["data"], json!([]), "{dead}");
 }
 
+/// A slow endpoint with two slots and its warm-up delivery made; answers the receiver, the
+/// subscription's secret and the tenant key.
+async fn a_slow_endpoint(sys: &System, delay: Duration) -> (TestReceiver, String, String) {
+    let key = sys.tenant_key("acme").await;
+    let slow = TestReceiver::start_with_delay(vec![], delay).await.unwrap();
+    let (_, secret) = sys
+        .subscribe(&key, json!({"url": slow.url(), "event_types": ["*"]}))
+        .await;
+    a_delivery_where(sys, &key, &slow, "the endpoint is known", |_| true).await;
+    while slow.recv_within(QUIET).await.is_some() {}
+    (slow, secret, key)
+}
+
+#[tokio::test]
+async fn a_task_for_a_busy_endpoint_waits_in_line_for_the_next_free_slot() {
+    // A long ack wait: a task waits in line for up to a third of it.
+    let sys = system_with(|s| {
+        s.per_endpoint_in_flight = 2;
+        s.ack_wait = Duration::from_secs(60);
+    })
+    .await;
+    let (slow, secret, key) = a_slow_endpoint(&sys, Duration::from_millis(500)).await;
+    let busy = || async {
+        dispatcher_metric(
+            &sys,
+            "webhooks_deliveries_handed_back_total",
+            &[("reason", "endpoint_busy")],
+        )
+        .await
+    };
+    let busy_before = busy().await;
+
+    // Four events for two slots: two go at once, two wait in line (as long as the slots).
+    batch(&sys, &key, 4).await;
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < 4 {
+        let got = slow
+            .recv_within(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("only {} of 4 delivered", ids.len()));
+        got.verify(&secret).unwrap();
+        assert_eq!(got.header("webhook-attempt"), Some("1"));
+        assert!(ids.insert(got.header("webhook-id").unwrap().to_owned()));
+    }
+    // Before the line, each task that found both slots taken was set aside in the waiting
+    // room and came back later: two set-asides at least, and idle slots in between.
+    assert_eq!(busy().await - busy_before, 0.0, "none was set aside");
+}
+
+#[tokio::test]
+async fn a_stopping_dispatcher_hands_back_what_waits_in_line_instead_of_sending_it() {
+    let mut sys = system_with(|s| {
+        s.per_endpoint_in_flight = 1;
+        s.ack_wait = Duration::from_secs(60);
+    })
+    .await;
+    let (slow, secret, key) = a_slow_endpoint(&sys, Duration::from_secs(2)).await;
+    let before = slow.count();
+    batch(&sys, &key, 2).await;
+    eventually(SOON, "one delivery in flight and one in line", || async {
+        let in_line = dispatcher_metric(&sys, "webhooks_in_line", &[]).await;
+        (slow.count() > before && in_line >= 1.0).then_some(())
+    })
+    .await
+    .unwrap();
+    // The drain lets the one in flight finish (two seconds), which frees the slot; the one
+    // in line must not take it.
+    let stopping = sys.dispatcher.take().expect("a dispatcher");
+    stopping.stop().await.unwrap();
+    assert_eq!(slow.count(), before + 1, "nothing was sent after the stop");
+
+    sys.dispatcher = Some(spawn_dispatcher(&sys.nats).await);
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < 2 {
+        let got = slow
+            .recv_within(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("only {} of 2 delivered", ids.len()));
+        got.verify(&secret).unwrap();
+        assert!(
+            ids.insert(got.header("webhook-id").unwrap().to_owned()),
+            "sent twice"
+        );
+    }
+    assert!(slow.recv_within(QUIET).await.is_none(), "sent twice");
+}
+
 #[tokio::test]
 async fn another_tenants_busy_endpoints_do_not_hold_up_a_fan_out() {
     // Two events fanned out at once, one slot per endpoint.
