@@ -397,6 +397,18 @@ async fn dispatcher_counter(
         .sum())
 }
 
+/// The `reason` labels of `webhooks_deliveries_handed_back_total`.
+const HANDED_BACK_REASONS: [&str; 8] = [
+    "not_before",
+    "endpoint_busy",
+    "circuit_open",
+    "rate_limited",
+    "tenant_busy",
+    "unknown_subscription",
+    "dead_letter_pending",
+    "stopping",
+];
+
 /// Waits until `have()` reaches `want`, failing after `stall` without progress.
 async fn until(
     what: &str,
@@ -578,6 +590,12 @@ async fn measure(
     let other_before = seen.other.load(Relaxed);
     let handed_before =
         dispatcher_counter(client, "webhooks_deliveries_handed_back_total", "").await?;
+    let mut by_reason_before = Vec::new();
+    for reason in HANDED_BACK_REASONS {
+        let filter = format!("reason=\"{reason}\"");
+        by_reason_before
+            .push(dispatcher_counter(client, "webhooks_deliveries_handed_back_total", &filter).await?);
+    }
     let load_t0 = seen.now();
     let sends: Vec<(u64, bool)> = if rate > 0.0 {
         open_loop(client, api, &key, &seen, measured_events, rate).await
@@ -609,6 +627,8 @@ async fn measure(
 
     let mut lat = Vec::new();
     let (mut lost, mut dups) = (0u64, 0u64);
+    // When the slow first receipts were sent: seconds into the load → how many over 100 ms.
+    let mut slow_by_second = std::collections::BTreeMap::<u64, u32>::new();
     for (n, (sent_ns, acc)) in sends.iter().enumerate() {
         let ok = seen.ok[n].load(Relaxed) as u64;
         dups += ok.saturating_sub(1);
@@ -617,8 +637,17 @@ async fn measure(
         }
         let first = seen.first_ns[n].load(Relaxed);
         if first > 0 {
-            lat.push(first.saturating_sub(*sent_ns));
+            let took = first.saturating_sub(*sent_ns);
+            lat.push(took);
+            if took > 100_000_000 {
+                *slow_by_second
+                    .entry(sent_ns.saturating_sub(load_t0) / 1_000_000_000)
+                    .or_default() += 1;
+            }
         }
+    }
+    if !slow_by_second.is_empty() && s.kind != Kind::SlowBacklog {
+        eprintln!("  first receipts over 100 ms, by second of the load sent: {slow_by_second:?}");
     }
     lat.sort_unstable();
     let delivered = seen.delivered() as f64;
@@ -670,6 +699,14 @@ async fn measure(
         dispatcher_counter(client, "webhooks_deliveries_handed_back_total", "").await?
             - handed_before,
     );
+    for (reason, before) in HANDED_BACK_REASONS.iter().zip(by_reason_before) {
+        let filter = format!("reason=\"{reason}\"");
+        let now =
+            dispatcher_counter(client, "webhooks_deliveries_handed_back_total", &filter).await?;
+        if now > before {
+            m.insert(format!("handed_back_{reason}"), now - before);
+        }
+    }
     let mut total = 0.0;
     for (i, (name, pid)) in pids.iter().enumerate() {
         let used = cpu_after[i] - cpu_before[i];

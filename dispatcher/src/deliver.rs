@@ -215,7 +215,7 @@ impl Deliverer {
                     Err(None) => return,
                     Err(Some(refusal)) => {
                         let mut later = task.clone();
-                        let delay = self.gate.defer(&live.sub.id, refusal);
+                        let delay = self.gate.defer(&live.sub.tenant_id, &live.sub.id, refusal);
                         later.not_before =
                             Some(proto::time::from_system(SystemTime::now() + delay));
                         tracing::debug!(subscription_id = %live.sub.id, ?refusal, ?delay, "not admitted, set aside");

@@ -81,8 +81,8 @@ impl Refusal {
 /// rate the endpoint can take it (once per task) instead of all at once (again and again).
 #[derive(Debug, Default)]
 struct Pace {
-    /// Unix ms of the next free turn.
-    next_ms: u64,
+    /// Unix µs of the next free turn.
+    next_us: u64,
     /// Smoothed attempt latency, ms.
     latency_ms: f64,
 }
@@ -143,6 +143,8 @@ pub struct Gate {
 struct Tenant {
     in_flight: Arc<Semaphore>,
     line: Arc<Semaphore>,
+    /// The clock of the tasks set aside because the share was in use.
+    pace: Mutex<Pace>,
 }
 
 /// Held while a delivery runs; tells the breaker how it went.
@@ -153,6 +155,19 @@ pub struct Admission {
     started: Instant,
     config: GateConfig,
     probe: bool,
+}
+
+/// The next turn on a clock whose turns are `spacing` apart, at least `at_least` from now;
+/// answers how long until then.
+fn advance(clock: &Mutex<Pace>, spacing: Duration, at_least: Duration) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 4))
+        .unwrap_or(0);
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 4);
+    let mut pace = clock.lock().unwrap_or_else(|p| p.into_inner());
+    pace.next_us = pace.next_us.max(now.saturating_add(micros(at_least))) + micros(spacing).max(1);
+    Duration::from_micros(pace.next_us - now)
 }
 
 /// The circuit states, for metrics and tests.
@@ -277,6 +292,7 @@ impl Gate {
                 Arc::new(Tenant {
                     in_flight: Arc::new(Semaphore::new(self.config.per_tenant)),
                     line: Arc::new(Semaphore::new(self.config.per_tenant)),
+                    pace: Mutex::new(Pace::default()),
                 })
             })
             .clone()
@@ -291,26 +307,28 @@ impl Gate {
         rate_limit_per_s: u32,
     ) -> Result<Admission, Refusal> {
         let Ok(permit) = self.tenant(tenant).in_flight.clone().try_acquire_owned() else {
-            let endpoint = self.endpoint(subscription);
-            let turn = self.turn(&endpoint, self.config.per_tenant, Duration::ZERO);
-            return Err(Refusal::TenantBusy(turn));
+            return Err(Refusal::TenantBusy(BUSY_DELAY));
         };
         let mut admission = self.admit(subscription, rate_limit_per_s)?;
         admission._tenant = Some(permit);
         Ok(admission)
     }
 
-    /// How long a task refused with `refusal` should wait before it is offered again: its
-    /// turn on the endpoint's clock (see [`Pace`]), never before the refusal's own delay.
-    pub fn defer(&self, subscription: &str, refusal: Refusal) -> Duration {
+    /// How long a task of `tenant` refused with `refusal` should wait before it is offered
+    /// again: its turn on the endpoint's clock (see [`Pace`]), or on the tenant's when the
+    /// tenant's share was in use, never before the refusal's own delay.
+    pub fn defer(&self, tenant: &str, subscription: &str, refusal: Refusal) -> Duration {
         let endpoint = self.endpoint(subscription);
+        let per_endpoint = self.config.per_endpoint;
         match refusal {
             // Not in line (the line was full or its wait ran out): after the line ahead of it.
             Refusal::Busy(_) => {
                 let ahead = self.latency(&endpoint);
-                self.turn(&endpoint, self.config.per_endpoint, ahead)
+                advance(&endpoint.pace, self.spacing(&endpoint, per_endpoint), ahead)
             }
-            Refusal::CircuitOpen(d) => self.turn(&endpoint, self.config.per_endpoint, d),
+            Refusal::CircuitOpen(d) => {
+                advance(&endpoint.pace, self.spacing(&endpoint, per_endpoint), d)
+            }
             Refusal::RateLimited(d) => {
                 let rate = endpoint
                     .limiter
@@ -321,9 +339,16 @@ impl Gate {
                     .unwrap_or(1)
                     .max(1);
                 let spacing = Duration::from_secs_f64(1.0 / f64::from(rate));
-                self.advance(&endpoint, spacing, d)
+                advance(&endpoint.pace, spacing, d)
             }
-            Refusal::TenantBusy(d) => d,
+            // One clock for all the tenant's endpoints: each turn is this endpoint's share of
+            // the tenant's slots, so twenty busy endpoints come back at the tenant's pace, not
+            // twenty times it.
+            Refusal::TenantBusy(_) => {
+                let ahead = self.latency(&endpoint);
+                let spacing = self.spacing(&endpoint, self.config.per_tenant);
+                advance(&self.tenant(tenant).pace, spacing, ahead)
+            }
         }
     }
 
@@ -338,19 +363,9 @@ impl Gate {
         Duration::from_secs_f64(ms / 1000.0)
     }
 
-    /// The next turn on `endpoint`'s clock for one of `slots` concurrent deliveries.
-    fn turn(&self, endpoint: &Endpoint, slots: usize, at_least: Duration) -> Duration {
-        let spacing = self.latency(endpoint) / u32::try_from(slots.max(1)).unwrap_or(u32::MAX);
-        self.advance(endpoint, spacing, at_least)
-    }
-
-    fn advance(&self, endpoint: &Endpoint, spacing: Duration, at_least: Duration) -> Duration {
-        let now = crate::waiting::unix_ms(std::time::SystemTime::now());
-        let mut pace = endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
-        let earliest = now + u64::try_from(at_least.as_millis()).unwrap_or(u64::MAX / 2);
-        let spacing_ms = (spacing.as_secs_f64() * 1000.0).ceil() as u64;
-        pace.next_ms = pace.next_ms.max(earliest) + spacing_ms.max(1);
-        Duration::from_millis(pace.next_ms - now)
+    /// The time between turns of `slots` concurrent deliveries to `endpoint`.
+    fn spacing(&self, endpoint: &Endpoint, slots: usize) -> Duration {
+        self.latency(endpoint) / u32::try_from(slots.max(1)).unwrap_or(u32::MAX)
     }
 
     fn admission(
@@ -535,7 +550,7 @@ mod tests {
             a.finish(false);
         }
         let turns: Vec<Duration> = (0..10)
-            .map(|_| g.defer("s", Refusal::Busy(BUSY_DELAY)))
+            .map(|_| g.defer("t", "s", Refusal::Busy(BUSY_DELAY)))
             .collect();
         for pair in turns.windows(2) {
             let gap = pair[1].saturating_sub(pair[0]);
@@ -545,8 +560,33 @@ mod tests {
             );
         }
         // An open circuit's tasks come back after its cool-down, still one turn apart.
-        let open = g.defer("other", Refusal::CircuitOpen(Duration::from_secs(5)));
+        let open = g.defer("t", "other", Refusal::CircuitOpen(Duration::from_secs(5)));
         assert!(open >= Duration::from_secs(5), "{open:?}");
+    }
+
+    #[test]
+    fn a_busy_tenants_endpoints_come_back_at_the_tenants_pace_not_each_at_its_own() {
+        let g = gate(4, 1000);
+        // Twenty 100 ms endpoints; the tenant's eight slots take a task every 12.5 ms.
+        let held: Vec<_> = (0..20)
+            .map(|i| g.admit(&format!("s{i}"), 0).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        held.into_iter().for_each(|a| a.finish(false));
+        let turns: Vec<Duration> = (0..40)
+            .map(|i| {
+                g.defer(
+                    "t",
+                    &format!("s{}", i % 20),
+                    Refusal::TenantBusy(BUSY_DELAY),
+                )
+            })
+            .collect();
+        let last = turns.last().copied().unwrap();
+        assert!(last >= Duration::from_millis(450), "{turns:?}");
+        // Another tenant's clock is its own.
+        let other = g.defer("u", "s0", Refusal::TenantBusy(BUSY_DELAY));
+        assert!(other < Duration::from_millis(150), "{other:?}");
     }
 
     #[test]
