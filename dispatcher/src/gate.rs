@@ -85,6 +85,9 @@ struct Pace {
     next_us: u64,
     /// Smoothed attempt latency, ms.
     latency_ms: f64,
+    /// When each attempt now in flight started (with how many started then): the oldest says
+    /// the endpoint is at least this slow before any of them has finished.
+    in_flight: std::collections::BTreeMap<Instant, u32>,
 }
 
 /// The circuit of one endpoint.
@@ -352,15 +355,19 @@ impl Gate {
         }
     }
 
-    /// The endpoint's smoothed attempt latency (at least [`MIN_TURN_LATENCY_MS`]).
+    /// The endpoint's smoothed attempt latency (at least [`MIN_TURN_LATENCY_MS`]), or the age
+    /// of its oldest attempt in flight when that is longer: an endpoint that has not answered
+    /// yet (a cold start, or one that just slowed down) is at least that slow.
     fn latency(&self, endpoint: &Endpoint) -> Duration {
-        let ms = endpoint
-            .pace
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .latency_ms
-            .max(MIN_TURN_LATENCY_MS);
-        Duration::from_secs_f64(ms / 1000.0)
+        let pace = endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
+        let smoothed = Duration::from_secs_f64(pace.latency_ms.max(MIN_TURN_LATENCY_MS) / 1000.0);
+        let oldest = pace
+            .in_flight
+            .keys()
+            .next()
+            .map(Instant::elapsed)
+            .unwrap_or_default();
+        smoothed.max(oldest)
     }
 
     /// The time between turns of `slots` concurrent deliveries to `endpoint`.
@@ -374,11 +381,19 @@ impl Gate {
         slot: OwnedSemaphorePermit,
         probe: bool,
     ) -> Admission {
+        let started = Instant::now();
+        *endpoint
+            .pace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight
+            .entry(started)
+            .or_default() += 1;
         Admission {
             endpoint,
             _slot: slot,
             _tenant: None,
-            started: Instant::now(),
+            started,
             config: self.config.clone(),
             probe,
         }
@@ -468,6 +483,18 @@ impl Gate {
             }
         }
         (open, half_open)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut pace = self.endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pace.in_flight.get_mut(&self.started) {
+            *n -= 1;
+            if *n == 0 {
+                pace.in_flight.remove(&self.started);
+            }
+        }
     }
 }
 
@@ -587,6 +614,19 @@ mod tests {
         // Another tenant's clock is its own.
         let other = g.defer("u", "s0", Refusal::TenantBusy(BUSY_DELAY));
         assert!(other < Duration::from_millis(150), "{other:?}");
+    }
+
+    #[test]
+    fn an_endpoint_that_has_not_answered_yet_is_taken_to_be_as_slow_as_its_oldest_attempt() {
+        let g = gate(1, 1000);
+        let first = g.admit("s", 0).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // No attempt has finished: the turn is after the one in flight, not 20 ms away.
+        let turn = g.defer("t", "s", Refusal::Busy(BUSY_DELAY));
+        assert!(turn >= Duration::from_millis(200), "{turn:?}");
+        drop(first);
+        let endpoint = g.endpoint("s");
+        assert!(endpoint.pace.lock().unwrap().in_flight.is_empty());
     }
 
     #[test]
