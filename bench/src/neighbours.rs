@@ -591,9 +591,12 @@ async fn measure(
                 // stream: the backlog's 40,000 deliveries are fanned out (queued or in flight)
                 // before the measured load starts. (That burst delays a later event by its
                 // fan-out time, about 1.4 s here; docs/benchmarks.md.)
-                until("the backlog fanned out", 0.0, Duration::from_secs(60), async || {
-                    -fanout_unsettled(&js).await.unwrap_or(1.0)
-                })
+                until(
+                    "the backlog fanned out",
+                    0.0,
+                    Duration::from_secs(60),
+                    async || -fanout_unsettled(&js).await.unwrap_or(1.0),
+                )
                 .await?;
             }
             Kind::SlowBacklog => {}

@@ -140,6 +140,12 @@ async fn a_slow_endpoint(sys: &System, delay: Duration) -> (TestReceiver, String
         .await;
     a_delivery_where(sys, &key, &slow, "the endpoint is known", |_| true).await;
     while slow.recv_within(QUIET).await.is_some() {}
+    // The warm-up holds no slot any more.
+    eventually(SOON, "the warm-up answered", || async {
+        (slow.answered() >= slow.count()).then_some(())
+    })
+    .await
+    .unwrap();
     (slow, secret, key)
 }
 
@@ -181,12 +187,16 @@ async fn a_task_for_a_busy_endpoint_waits_in_line_for_the_next_free_slot() {
 
 #[tokio::test]
 async fn a_stopping_dispatcher_hands_back_what_waits_in_line_instead_of_sending_it() {
+    // An attempt takes six seconds: time enough, however loaded the machine, for the second
+    // event's task to reach the line while the first is in flight, and for the drain.
     let mut sys = system_with(|s| {
         s.per_endpoint_in_flight = 1;
-        s.ack_wait = Duration::from_secs(60);
+        s.http_timeout = Duration::from_secs(30);
+        s.ack_wait = Duration::from_secs(90);
+        s.shutdown_grace = Duration::from_secs(30);
     })
     .await;
-    let (slow, secret, key) = a_slow_endpoint(&sys, Duration::from_secs(2)).await;
+    let (slow, secret, key) = a_slow_endpoint(&sys, Duration::from_secs(6)).await;
     let before = slow.count();
     batch(&sys, &key, 2).await;
     eventually(SOON, "one delivery in flight and one in line", || async {
@@ -195,8 +205,8 @@ async fn a_stopping_dispatcher_hands_back_what_waits_in_line_instead_of_sending_
     })
     .await
     .unwrap();
-    // The drain lets the one in flight finish (two seconds), which frees the slot; the one
-    // in line must not take it.
+    // The drain lets the one in flight finish, which frees the slot; the one in line must
+    // not take it.
     let stopping = sys.dispatcher.take().expect("a dispatcher");
     stopping.stop().await.unwrap();
     assert_eq!(slow.count(), before + 1, "nothing was sent after the stop");
