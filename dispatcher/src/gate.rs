@@ -23,10 +23,9 @@ use std::{
 };
 
 use governor::{Quota, RateLimiter, clock::Clock as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod line;
-pub use line::Place;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Tuning, from `Settings`.
 #[derive(Debug, Clone)]
@@ -171,6 +170,11 @@ fn advance(clock: &Mutex<Pace>, spacing: Duration, at_least: Duration) -> Durati
     let mut pace = clock.lock().unwrap_or_else(|p| p.into_inner());
     pace.next_us = pace.next_us.max(now.saturating_add(micros(at_least))) + micros(spacing).max(1);
     Duration::from_micros(pace.next_us - now)
+}
+
+/// The time between turns of `slots` concurrent deliveries that each take `latency`.
+fn spacing(latency: Duration, slots: usize) -> Duration {
+    latency / u32::try_from(slots.max(1)).unwrap_or(u32::MAX)
 }
 
 /// The circuit states, for metrics and tests.
@@ -326,11 +330,12 @@ impl Gate {
         match refusal {
             // Not in line (the line was full or its wait ran out): after the line ahead of it.
             Refusal::Busy(_) => {
-                let ahead = self.latency(&endpoint);
-                advance(&endpoint.pace, self.spacing(&endpoint, per_endpoint), ahead)
+                let latency = self.latency(&endpoint);
+                advance(&endpoint.pace, spacing(latency, per_endpoint), latency)
             }
             Refusal::CircuitOpen(d) => {
-                advance(&endpoint.pace, self.spacing(&endpoint, per_endpoint), d)
+                let latency = self.latency(&endpoint);
+                advance(&endpoint.pace, spacing(latency, per_endpoint), d)
             }
             Refusal::RateLimited(d) => {
                 let rate = endpoint
@@ -348,9 +353,9 @@ impl Gate {
             // the tenant's slots, so twenty busy endpoints come back at the tenant's pace, not
             // twenty times it.
             Refusal::TenantBusy(_) => {
-                let ahead = self.latency(&endpoint);
-                let spacing = self.spacing(&endpoint, self.config.per_tenant);
-                advance(&self.tenant(tenant).pace, spacing, ahead)
+                let latency = self.latency(&endpoint);
+                let spacing = spacing(latency, self.config.per_tenant);
+                advance(&self.tenant(tenant).pace, spacing, latency)
             }
         }
     }
@@ -368,11 +373,6 @@ impl Gate {
             .map(Instant::elapsed)
             .unwrap_or_default();
         smoothed.max(oldest)
-    }
-
-    /// The time between turns of `slots` concurrent deliveries to `endpoint`.
-    fn spacing(&self, endpoint: &Endpoint, slots: usize) -> Duration {
-        self.latency(endpoint) / u32::try_from(slots.max(1)).unwrap_or(u32::MAX)
     }
 
     fn admission(

@@ -149,6 +149,24 @@ async fn a_slow_endpoint(sys: &System, delay: Duration) -> (TestReceiver, String
     (slow, secret, key)
 }
 
+/// The next `n` deliveries to `receiver`, each signed with `secret` and each a different
+/// webhook id.
+async fn each_once(receiver: &TestReceiver, secret: &str, n: usize) -> Vec<testkit::Received> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut got = Vec::new();
+    while got.len() < n {
+        let one = receiver
+            .recv_within(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {n} delivered", got.len()));
+        one.verify(secret).unwrap();
+        let id = one.header("webhook-id").unwrap().to_owned();
+        assert!(ids.insert(id), "sent twice");
+        got.push(one);
+    }
+    got
+}
+
 #[tokio::test]
 async fn a_task_for_a_busy_endpoint_waits_in_line_for_the_next_free_slot() {
     // A long ack wait: a task waits in line for up to a third of it.
@@ -170,15 +188,8 @@ async fn a_task_for_a_busy_endpoint_waits_in_line_for_the_next_free_slot() {
 
     // Four events for two slots: two go at once, two wait in line (as long as the slots).
     batch(&sys, &key, 4).await;
-    let mut ids = std::collections::BTreeSet::new();
-    while ids.len() < 4 {
-        let got = slow
-            .recv_within(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("only {} of 4 delivered", ids.len()));
-        got.verify(&secret).unwrap();
+    for got in each_once(&slow, &secret, 4).await {
         assert_eq!(got.header("webhook-attempt"), Some("1"));
-        assert!(ids.insert(got.header("webhook-id").unwrap().to_owned()));
     }
     // Before the line, each task that found both slots taken was set aside in the waiting
     // room and came back later: two set-asides at least, and idle slots in between.
@@ -212,18 +223,7 @@ async fn a_stopping_dispatcher_hands_back_what_waits_in_line_instead_of_sending_
     assert_eq!(slow.count(), before + 1, "nothing was sent after the stop");
 
     sys.dispatcher = Some(spawn_dispatcher(&sys.nats).await);
-    let mut ids = std::collections::BTreeSet::new();
-    while ids.len() < 2 {
-        let got = slow
-            .recv_within(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|| panic!("only {} of 2 delivered", ids.len()));
-        got.verify(&secret).unwrap();
-        assert!(
-            ids.insert(got.header("webhook-id").unwrap().to_owned()),
-            "sent twice"
-        );
-    }
+    each_once(&slow, &secret, 2).await;
     assert!(slow.recv_within(QUIET).await.is_none(), "sent twice");
 }
 
