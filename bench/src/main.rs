@@ -404,6 +404,18 @@ async fn measure(
             system::peak_rss_mib(&pid.to_string())?,
         );
     }
+    // How the deliveries went (warm-up included): straight from the fan-out, or queued as
+    // tasks, and how often those were set aside.
+    let counter = neighbours::dispatcher_counter;
+    let direct = counter(client, "webhooks_delivery_direct_first_attempts_total", "").await?;
+    let all = counter(client, "webhooks_delivery_tasks_queued_total", "").await?;
+    m.insert("direct_first_attempts".into(), direct);
+    m.insert("queued_tasks".into(), all - direct);
+    for reason in neighbours::HANDED_BACK_REASONS {
+        let filter = format!("reason=\"{reason}\"");
+        let n = counter(client, "webhooks_deliveries_handed_back_total", &filter).await?;
+        m.insert(format!("handed_back_{reason}"), n);
+    }
     m.insert("cpu_s_services".into(), total);
     m.insert("cpu_ms_per_delivery_services".into(), total / per * 1e3);
     let bench_cpu = self_after - self_before;

@@ -379,7 +379,7 @@ async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> a
 }
 
 /// The sum of a dispatcher counter over its labels whose text contains `filter`.
-async fn dispatcher_counter(
+pub(crate) async fn dispatcher_counter(
     client: &reqwest::Client,
     name: &str,
     filter: &str,
@@ -410,7 +410,7 @@ async fn fanout_unsettled(js: &async_nats::jetstream::Context) -> anyhow::Result
 }
 
 /// The `reason` labels of `webhooks_deliveries_handed_back_total`.
-const HANDED_BACK_REASONS: [&str; 8] = [
+pub(crate) const HANDED_BACK_REASONS: [&str; 8] = [
     "not_before",
     "endpoint_busy",
     "circuit_open",

@@ -188,7 +188,7 @@ impl App {
                 breaker_cooldown: settings.breaker_cooldown,
                 breaker_max_cooldown: settings.breaker_max_cooldown,
                 per_tenant: settings.per_tenant_in_flight,
-                line: settings.max_in_flight,
+                line: settings.max_in_line,
             }),
             health: Health {
                 bucket: stores.health.clone(),

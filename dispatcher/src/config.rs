@@ -51,9 +51,16 @@ pub struct Settings {
     /// waiting retry is in the waiting room, not in a consumer (see `waiting`).
     pub deliver_max_ack_pending: i64,
     /// Deliveries in flight at once for one tenant in this process
-    /// (`WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT`, a quarter of `WEBHOOKS_MAX_IN_FLIGHT`): a tenant
-    /// with a thousand saturated endpoints gets its share, not the whole pipe.
+    /// (`WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT`, half of `WEBHOOKS_MAX_IN_FLIGHT`): a tenant with a
+    /// thousand saturated endpoints gets its share, not the whole pipe. (A quarter held one
+    /// tenant fanning out to ten fast endpoints at 11,300 deliveries/s in scenario 3, where
+    /// half gives 16,800/s.)
     pub per_tenant_in_flight: usize,
+    /// Deliveries waiting in line for a busy endpoint's next free slot in this process
+    /// (`WEBHOOKS_MAX_IN_LINE`, four times `WEBHOOKS_MAX_IN_FLIGHT`); a tenant may hold a quarter
+    /// of them. A place costs a pulled message and a few hundred bytes, and saves the task a
+    /// trip through the waiting room (docs/benchmarks.md).
+    pub max_in_line: usize,
     /// Deliveries of one event to the fan-out after which the matches whose outcome could not
     /// be stored are dead-lettered as `system_error` (`WEBHOOKS_FANOUT_MAX_DELIVERIES`, 8).
     pub fanout_max_deliveries: i64,
@@ -80,7 +87,8 @@ impl Settings {
             disable_after: Duration::from_secs(5 * 24 * 3600),
             extra_ca_certs: None,
             deliver_max_ack_pending: 20_000,
-            per_tenant_in_flight: 256,
+            per_tenant_in_flight: 512,
+            max_in_line: 4096,
             fanout_max_deliveries: 8,
         }
     }
@@ -114,8 +122,9 @@ impl Settings {
         )?;
         s.per_tenant_in_flight = env.parse(
             "WEBHOOKS_MAX_IN_FLIGHT_PER_TENANT",
-            (s.max_in_flight / 4).max(1),
+            (s.max_in_flight / 2).max(1),
         )?;
+        s.max_in_line = env.parse("WEBHOOKS_MAX_IN_LINE", s.max_in_flight * 4)?;
         s.fanout_max_deliveries =
             env.parse("WEBHOOKS_FANOUT_MAX_DELIVERIES", s.fanout_max_deliveries)?;
         s.ack_wait = (s.http_timeout * 3).max(s.http_timeout + Duration::from_secs(6));

@@ -45,6 +45,10 @@ const SAFETY_NET_DELIVERIES: i64 = 10_000;
 /// Tries at storing an outcome (a retry, a deferral) before the task is handed back: rides out
 /// a leader election or a PubAck timeout without making the attempt again.
 const STORE_TRIES: u32 = 6;
+/// The longest a fan-out waits for a place in a fast endpoint's full line (see
+/// [`Deliverer::admit_direct`]). Without it, scenario 2 (a 1 ms endpoint, more offered than it
+/// takes) sent half its deliveries round as tasks and delivered 6,300/s instead of 9,800/s.
+pub const FANOUT_PLACE_WAIT: Duration = Duration::from_millis(50);
 /// Longest error text kept in attempt records and dead letters.
 const MAX_ERROR_CHARS: usize = 512;
 
@@ -94,6 +98,14 @@ pub(crate) fn truncate(mut s: String) -> String {
         s.truncate(i);
     }
     s
+}
+
+/// Admission asked for one delivery.
+pub enum Entry {
+    Now(Admission),
+    /// Its endpoint (or its tenant's share) is busy: it may wait here for the next slot.
+    Line(crate::gate::Place),
+    Refused(Refusal),
 }
 
 /// What one attempt decided, before it is settled.
@@ -270,25 +282,13 @@ impl Deliverer {
         live: &Live,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Admission, Option<Refusal>> {
-        let (tenant, rate) = (&live.sub.tenant_id, live.sub.rate_limit_per_s);
-        let refusal = match self.gate.admit_for(tenant, &live.sub.id, rate) {
-            Ok(admission) => return Ok(admission),
-            Err(refusal @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => refusal,
-            Err(refusal) => return Err(Some(refusal)),
-        };
-        let Some(place) = self.gate.line(tenant, &live.sub.id) else {
-            return Err(Some(refusal));
+        let place = match self.enter(live) {
+            Entry::Now(admission) => return Ok(admission),
+            Entry::Refused(refusal) => return Err(Some(refusal)),
+            Entry::Line(place) => place,
         };
         drop(permit);
-        // A third of the ack wait: the attempt's own progress acks start a third later, so the
-        // message is never redelivered while it waits here.
-        let patience = self.ack_wait / 3;
-        self.metrics.in_line.inc();
-        let admitted = tokio::select! {
-            admitted = self.gate.wait_in_line(place, rate, patience) => admitted.map_err(Some),
-            () = self.stopping.cancelled() => Err(None),
-        };
-        self.metrics.in_line.dec();
+        let admitted = self.wait_in_line(live, place).await;
         if matches!(admitted, Err(None)) {
             self.handed_back("stopping");
             ack(message, AckKind::Nak(Some(crate::pull::HAND_BACK_DELAY))).await;
@@ -296,17 +296,71 @@ impl Deliverer {
         admitted
     }
 
-    /// Admits a live event's first attempt straight from the fan-out: only when the
-    /// subscription is enabled and its endpoint has a closed circuit, rate to spare, a slot
-    /// free now and its tenant's share not in use. Never waits: anything else is queued as a
-    /// task, and an event's fan-out never waits on how busy its endpoints are.
-    pub fn admit_direct(&self, live: &Live) -> Option<Admission> {
+    /// Admission for `live` now, or a place in line when its endpoint or its tenant's share is
+    /// only busy and the line has room.
+    pub fn enter(&self, live: &Live) -> Entry {
+        let (tenant, rate) = (&live.sub.tenant_id, live.sub.rate_limit_per_s);
+        let refusal = match self.gate.admit_for(tenant, &live.sub.id, rate) {
+            Ok(admission) => return Entry::Now(admission),
+            Err(refusal @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => refusal,
+            Err(refusal) => return Entry::Refused(refusal),
+        };
+        match self.gate.line(tenant, &live.sub.id, self.patience()) {
+            Some(place) => Entry::Line(place),
+            None => Entry::Refused(refusal),
+        }
+    }
+
+    /// How long a task waits in line at most: a third of the ack wait, because the attempt's
+    /// own progress acks start a third later, so the message is never redelivered while it
+    /// waits.
+    fn patience(&self) -> Duration {
+        self.ack_wait / 3
+    }
+
+    /// Waits in `place` for a slot of `live`'s endpoint. `Err(Some)`: not admitted in time (or
+    /// the circuit opened meanwhile); `Err(None)`: the replica is stopping.
+    pub async fn wait_in_line(
+        &self,
+        live: &Live,
+        place: crate::gate::Place,
+    ) -> Result<Admission, Option<Refusal>> {
+        let rate = live.sub.rate_limit_per_s;
+        self.metrics.in_line.inc();
+        let admitted = tokio::select! {
+            admitted = self.gate.wait_in_line(place, rate, self.patience()) => admitted.map_err(Some),
+            () = self.stopping.cancelled() => Err(None),
+        };
+        self.metrics.in_line.dec();
+        admitted
+    }
+
+    /// How a live event's first attempt may be made straight from the fan-out: now, or after
+    /// waiting in line (see [`Deliverer::enter`]); refused (or `None`: a disabled or
+    /// unsignable subscription), it is queued as a task. A full line that moves fast is waited on for a place, at most
+    /// [`FANOUT_PLACE_WAIT`] (`Gate::line_within`), with the fan-out's pull permit held: so a
+    /// fast endpoint's backlog waits in the events stream, where waiting costs nothing,
+    /// rather than going round as tasks, while a slow endpoint's is queued at once. The pull
+    /// permit is given back before the wait in line itself.
+    pub async fn admit_direct(&self, live: &Live) -> Option<Entry> {
         if !live.sub.enabled || live.signer.is_err() {
             return None;
         }
-        self.gate
-            .admit_for(&live.sub.tenant_id, &live.sub.id, live.sub.rate_limit_per_s)
-            .ok()
+        let refusal = match self.enter(live) {
+            Entry::Refused(refusal @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => refusal,
+            entry => return Some(entry),
+        };
+        let (tenant, id) = (&live.sub.tenant_id, &live.sub.id);
+        Some(
+            match self
+                .gate
+                .line_within(tenant, id, self.patience(), FANOUT_PLACE_WAIT)
+                .await
+            {
+                Some(place) => Entry::Line(place),
+                None => Entry::Refused(refusal),
+            },
+        )
     }
 
     /// Files `task` in the waiting room under `msg_id` and acks `message`; handed back if it

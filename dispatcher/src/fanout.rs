@@ -30,7 +30,7 @@ use proto::{
 };
 use tracing::Instrument as _;
 
-use crate::subscriptions::Index;
+use crate::{deliver::Entry, subscriptions::Index};
 
 /// Tasks one event publishes before awaiting their PubAcks (see `app::pub_acks_in_flight`).
 pub const QUEUE_CHUNK: usize = 64;
@@ -63,9 +63,11 @@ impl crate::pull::Handler for Fanout {
 }
 
 impl Fanout {
-    /// The pull permit is given back once the first attempts are admitted: from then on the
-    /// event waits only on its endpoints, whose slots bound it, and a slow endpoint does not
-    /// keep other events from being fanned out.
+    /// The pull permit is given back once each match is admitted, has a place in its
+    /// endpoint's line, or is to be queued: from then on the event waits only on its
+    /// endpoints, within the line's bounds (per endpoint by its pace, per tenant by its share,
+    /// per replica), and a slow endpoint does not keep other events from being fanned out. A
+    /// match whose wait in line runs out (or whose replica stops) is queued as a task.
     async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
         let event = match Event::decode(message.payload.as_ref()) {
             Ok(event) => event,
@@ -111,34 +113,58 @@ impl Fanout {
                     .give_up(&message, &event, sequence, &payload, matches, &key)
                     .await;
             }
+            let admitted = futures::future::join_all(matches.into_iter().map(|live| {
+                let task = task_of(&event, sequence, &payload, &live);
+                async move {
+                    let entry = if self.direct_first_attempt {
+                        self.deliverer.admit_direct(&live).await
+                    } else {
+                        None
+                    };
+                    (live, task, entry)
+                }
+            }))
+            .await;
             let mut direct = Vec::new();
             let mut queued = Vec::new();
-            for live in matches {
-                let task = task_of(&event, sequence, &payload, &live);
-                let admission = if self.direct_first_attempt {
-                    self.deliverer.admit_direct(&live)
-                } else {
-                    None
-                };
-                match admission {
-                    Some(admission) => direct.push((live, task, admission)),
-                    None => queued.push(task),
+            for (live, task, entry) in admitted {
+                match entry {
+                    Some(Entry::Refused(_)) | None => queued.push(task),
+                    Some(entry) => direct.push((live, task, entry)),
                 }
             }
             drop(permit);
-            let (direct_count, total) = (direct.len() as u64, (direct.len() + queued.len()) as u64);
+            let total = (direct.len() + queued.len()) as u64;
             let attempts =
-                futures::future::join_all(direct.into_iter().map(|(live, task, admission)| {
+                futures::future::join_all(direct.into_iter().map(|(live, task, entry)| {
                     let message = &message;
                     async move {
+                        let admission = match entry {
+                            Entry::Now(admission) => admission,
+                            Entry::Line(place) => {
+                                match self.deliverer.wait_in_line(&live, place).await {
+                                    Ok(admission) => admission,
+                                    // Not admitted in time, or stopping: queued like any other.
+                                    Err(_) => return Err(task),
+                                }
+                            }
+                            Entry::Refused(_) => return Err(task),
+                        };
                         let ok = self
                             .deliverer
                             .direct(message, &live, &task, admission)
                             .await;
-                        (live.sub.id.clone(), ok)
+                        Ok((live.sub.id.clone(), ok))
                     }
                 }));
-            let (stored, tried) = tokio::join!(self.queue(&message, &event, queued), attempts);
+            let (mut stored, tried) = tokio::join!(self.queue(&message, &event, queued), attempts);
+            let (tried, late): (Vec<_>, Vec<_>) = tried.into_iter().partition(Result::is_ok);
+            let late: Vec<Delivery> = late.into_iter().filter_map(Result::err).collect();
+            let direct_count = tried.len() as u64;
+            if !late.is_empty() {
+                stored.extend(self.queue(&message, &event, late).await);
+            }
+            let tried = tried.into_iter().filter_map(Result::ok);
             let mut unsettled = 0usize;
             for (id, ok) in stored.into_iter().chain(tried) {
                 if ok {

@@ -479,9 +479,14 @@ async fn with_direct_first_attempts_off_every_first_attempt_goes_through_a_queue
 
 #[tokio::test]
 async fn first_attempts_an_endpoint_cannot_take_now_are_queued_and_all_arrive_once() {
-    // One slot per endpoint and a slow receiver: while one first attempt runs straight from
-    // the fan-out, the others find the endpoint busy and are queued as tasks instead.
-    let sys = system_with(|s| s.per_endpoint_in_flight = 1).await;
+    // One slot per endpoint, one place in line and a slow receiver: while one first attempt
+    // runs straight from the fan-out and one waits in line, the others find the endpoint busy
+    // and are queued as tasks instead.
+    let sys = system_with(|s| {
+        s.per_endpoint_in_flight = 1;
+        s.max_in_line = 1;
+    })
+    .await;
     let key = sys.tenant_key("acme").await;
     let receiver = TestReceiver::start_with_delay(vec![], Duration::from_millis(100))
         .await
