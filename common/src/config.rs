@@ -31,6 +31,11 @@ pub struct SharedSettings {
     /// `WEBHOOKS_EVENTS_MAX_BYTES` (1 GiB): the events stream's byte cap, so a small disk never
     /// fills; the other streams' caps scale with it (see `topology`).
     pub events_max_bytes: i64,
+    /// `WEBHOOKS_MAX_QUEUED_PER_SUBSCRIPTION` (100,000): how many due tasks, replayed tasks
+    /// and dead letters one subscription may hold in each of those shared streams (JetStream's
+    /// per-subject limit; their subjects are `<tenant>.<subscription>`), so one tenant's
+    /// endpoint cannot fill a stream that every tenant needs (see `topology`).
+    pub max_queued_per_subscription: i64,
     /// `WEBHOOKS_LINKS_BASE_URL`.
     pub links_base_url: String,
     /// `WEBHOOKS_ALLOW_HTTP` and `WEBHOOKS_ALLOW_PRIVATE_TARGETS`.
@@ -50,6 +55,7 @@ impl Default for SharedSettings {
             event_retention: Duration::from_secs(7 * 24 * 3600),
             dedupe_window: Duration::from_secs(120),
             events_max_bytes: 1024 * 1024 * 1024,
+            max_queued_per_subscription: 100_000,
             links_base_url: "https://api.open.example".into(),
             url_policy: UrlPolicy::default(),
             master_keys: MasterKeys::insecure_dev(),
@@ -75,6 +81,10 @@ impl SharedSettings {
             event_retention: env.duration("WEBHOOKS_EVENT_RETENTION", d.event_retention)?,
             dedupe_window: env.duration("WEBHOOKS_DEDUPE_WINDOW", d.dedupe_window)?,
             events_max_bytes: env.parse("WEBHOOKS_EVENTS_MAX_BYTES", d.events_max_bytes)?,
+            max_queued_per_subscription: env.parse(
+                "WEBHOOKS_MAX_QUEUED_PER_SUBSCRIPTION",
+                d.max_queued_per_subscription,
+            )?,
             links_base_url: env
                 .string("WEBHOOKS_LINKS_BASE_URL")
                 .unwrap_or(d.links_base_url),

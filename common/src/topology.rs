@@ -8,6 +8,15 @@
 //! the oldest data would lose work that is not finished (events not yet fanned out, queued
 //! deliveries, dead letters), a full stream refuses new messages instead: the producer gets a
 //! `503` and nothing accepted is ever dropped. Only the attempt log discards its oldest records.
+//!
+//! The deliveries, replays and dead-letter streams are shared by every tenant, and their
+//! subjects end in `<tenant>.<subscription>`, so JetStream's per-subject limit is a budget per
+//! subscription (`WEBHOOKS_MAX_QUEUED_PER_SUBSCRIPTION`, with `discard_new_per_subject`): one
+//! endpoint's backlog or dead letters are refused once over it, and every other subscription
+//! still has room. What a refusal does is the dispatcher's: a task the fan-out cannot queue is
+//! tried again and then dead-lettered as `system_error`, a dead letter waits in the waiting
+//! room until there is room (`dead_letter`), a due task stays in the waiting room until its
+//! lane takes it.
 
 use std::time::Duration;
 
@@ -58,6 +67,8 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             retention: RetentionPolicy::WorkQueue,
             max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
+            max_messages_per_subject: s.max_queued_per_subscription,
+            discard_new_per_subject: true,
             duplicate_window: s.dedupe_window,
             storage: StorageType::File,
             num_replicas: replicas,
@@ -72,6 +83,8 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             retention: RetentionPolicy::WorkQueue,
             max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
+            max_messages_per_subject: s.max_queued_per_subscription,
+            discard_new_per_subject: true,
             duplicate_window: s.dedupe_window,
             storage: StorageType::File,
             num_replicas: replicas,
@@ -118,6 +131,8 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_bytes: s.events_max_bytes,
             discard: DiscardPolicy::New,
+            max_messages_per_subject: s.max_queued_per_subscription,
+            discard_new_per_subject: true,
             storage: StorageType::File,
             num_replicas: replicas,
             allow_direct: true,

@@ -46,6 +46,8 @@ const FINE_HORIZON_MS: u64 = 5 * 60 * 1000;
 const MINUTE_MS: u64 = 60 * 1000;
 const MINUTE_HORIZON_MS: u64 = 6 * 3600 * 1000;
 const HOUR_MS: u64 = 3600 * 1000;
+/// How long a due task whose lane is full waits before it is offered again.
+pub const FULL_LANE_WAIT: Duration = Duration::from_secs(5);
 /// Tasks published before their PubAcks are awaited, when a bucket is moved.
 const MOVE_CHUNK: usize = 256;
 
@@ -220,10 +222,7 @@ impl Waiting {
                 }
             };
             let headers = message.headers.clone();
-            pending.push(async move {
-                self.put(&task, headers, subjects::wait_msg_id(sequence))
-                    .await
-            });
+            pending.push(async move { self.move_on(&task, headers, sequence).await });
             if pending.len() == MOVE_CHUNK {
                 let results = futures::future::join_all(pending.drain(..)).await;
                 for r in results {
@@ -249,6 +248,35 @@ impl Waiting {
             tracing::debug!(error = %error, "bucket consumer not deleted; it expires by itself");
         }
         Ok(moved)
+    }
+}
+
+impl Waiting {
+    /// Moves a due task (stored at `sequence` of its bucket) on: to its lane, or, when its
+    /// lane refuses it as full (its subscription over its budget, or the whole stream), back
+    /// into the waiting room for [`FULL_LANE_WAIT`]; so a full lane never holds up the other
+    /// tasks of the bucket, most of them other tenants'.
+    async fn move_on(
+        &self,
+        task: &Delivery,
+        headers: Option<HeaderMap>,
+        sequence: u64,
+    ) -> anyhow::Result<()> {
+        let id = subjects::wait_msg_id(sequence);
+        match self.put(task, headers.clone(), id.clone()).await {
+            Err(error)
+                if common::nats::is_full(&error)
+                    && bucket_for(due_ms(task), unix_ms(SystemTime::now())).is_none() =>
+            {
+                tracing::debug!(error = %error, subscription_id = %task.subscription_id, "lane full, the task waits again");
+                let later = Delivery {
+                    not_before: Some(proto::time::from_system(SystemTime::now() + FULL_LANE_WAIT)),
+                    ..task.clone()
+                };
+                self.put(&later, headers, id).await
+            }
+            moved => moved,
+        }
     }
 }
 

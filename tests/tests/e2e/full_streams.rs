@@ -320,3 +320,82 @@ async fn a_first_attempt_whose_dead_letter_finds_no_room_is_not_fanned_out_again
         "attempted again"
     );
 }
+
+#[tokio::test]
+async fn one_subscriptions_dead_letters_over_its_budget_wait_and_leave_room_for_every_other() {
+    // Each subscription may hold two messages in each shared stream.
+    let sys = system_with(|s| s.shared.max_queued_per_subscription = 2).await;
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    for stream in [
+        subjects::DELIVERIES_STREAM,
+        subjects::REPLAYS_STREAM,
+        subjects::DLQ_STREAM,
+    ] {
+        let config = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .get_info()
+            .await
+            .unwrap()
+            .config;
+        assert_eq!(config.max_messages_per_subject, 2, "{stream}");
+        assert!(config.discard_new_per_subject, "{stream}");
+    }
+    let noisy_endpoint = TestReceiver::start(vec![]).await.unwrap();
+    let quiet_endpoint = TestReceiver::start(vec![]).await.unwrap();
+    let (noisy, noisy_sub) = dead_on_first_failure(&sys, "noisy", &noisy_endpoint).await;
+    let (quiet, quiet_sub) = dead_on_first_failure(&sys, "quiet", &quiet_endpoint).await;
+
+    // Four dead letters for a budget of two: two are stored, two wait for room.
+    for _ in 0..4 {
+        sys.send_event(&noisy, event("call.started", "agent_1"))
+            .await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "two dead letters refused",
+        || async {
+            let refused = dispatcher_metric(
+                &sys,
+                "webhooks_deliveries_handed_back_total",
+                &[("reason", "dead_letter_pending")],
+            )
+            .await;
+            (refused >= 2.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dead_letters(&sys, &noisy, &noisy_sub).await.len(), 2);
+
+    // Another tenant's dead letter still has room.
+    let id = sys
+        .send_event(&quiet, event("call.started", "agent_1"))
+        .await;
+    let dead = eventually(Duration::from_secs(30), "quiet's dead letter", || async {
+        dead_letters(&sys, &quiet, &quiet_sub)
+            .await
+            .first()
+            .cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(dead["event_id"], json!(id), "{dead}");
+}
+
+/// A tenant's key and a subscription of it to `receiver` that dead-letters its first failure;
+/// `receiver` answers 500 from now on.
+async fn dead_on_first_failure(
+    sys: &System,
+    tenant: &str,
+    receiver: &TestReceiver,
+) -> (String, String) {
+    let key = sys.tenant_key(tenant).await;
+    let body = json!({"url": receiver.url(), "event_types": ["*"], "retry": {"max_attempts": 1}});
+    let (sub, _) = sys.subscribe(&key, body).await;
+    a_delivery_where(sys, &key, receiver, "the endpoint is known", |_| true).await;
+    while receiver.recv_within(QUIET).await.is_some() {}
+    receiver.answer_after_script(500).unwrap();
+    (key, sub)
+}
