@@ -100,8 +100,8 @@ struct Pace {
     next_us: u64,
     /// Smoothed attempt latency, ms.
     latency_ms: f64,
-    /// When each attempt now in flight started (with how many started then): the oldest says
-    /// the endpoint is at least this slow before any of them has finished.
+    /// When each attempt now in flight started (with how many started then): the middle one
+    /// says the endpoint is at least this slow before they finish.
     in_flight: std::collections::BTreeMap<Instant, u32>,
 }
 
@@ -392,9 +392,12 @@ impl Gate {
     }
 
     /// The endpoint's smoothed attempt latency ([`UNTIMED_LATENCY_MS`] before its first
-    /// attempt has finished), or the age of its oldest attempt in flight when that is longer:
-    /// an endpoint that has not answered yet (a cold start, or one that just slowed down) is
-    /// at least that slow. (A floor of 20 ms for every endpoint made a 1 ms endpoint's
+    /// attempt has finished), or the age of the middle one of its attempts in flight when that
+    /// is longer: an endpoint that has not answered yet (a cold start, or one that just slowed
+    /// down) is at least that slow. The middle, not the oldest: one attempt stuck on a slow
+    /// connection says little of the other slots, and taking its age for the endpoint's pace
+    /// spread a fast endpoint's set-aside tasks over minutes (scenario 4b, after a stall: a
+    /// delivery 91 s late). (A floor of 20 ms for every endpoint made a 1 ms endpoint's
     /// set-aside tasks come back at 32 slots ÷ 20 ms = 1,600/s: scenario 2 delivered 2,000/s.)
     fn latency(&self, endpoint: &Endpoint) -> Duration {
         let pace = endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
@@ -404,13 +407,18 @@ impl Gate {
             pace.latency_ms.max(MIN_LATENCY_MS)
         };
         let smoothed = Duration::from_secs_f64(ms / 1000.0);
-        let oldest = pace
+        let middle = pace.in_flight.values().map(|&n| u64::from(n)).sum::<u64>() / 2;
+        let mut seen = 0u64;
+        let age = pace
             .in_flight
-            .keys()
-            .next()
-            .map(Instant::elapsed)
+            .iter()
+            .find(|&(_, &n)| {
+                seen += u64::from(n);
+                seen > middle
+            })
+            .map(|(started, _)| started.elapsed())
             .unwrap_or_default();
-        smoothed.max(oldest)
+        smoothed.max(age)
     }
 
     /// The latency a deferral's turns assume: [`Gate::latency`], doubled while none of the
@@ -682,6 +690,19 @@ mod tests {
         drop(first);
         let endpoint = g.endpoint("s");
         assert!(endpoint.pace.lock().unwrap().in_flight.is_empty());
+    }
+
+    #[test]
+    fn one_stuck_attempt_does_not_make_a_fast_endpoint_slow() {
+        let g = gate(4, 1000);
+        g.admit("s", 0).unwrap().finish(false);
+        let stuck = g.admit("s", 0).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let fresh: Vec<_> = (0..3).map(|_| g.admit("s", 0).unwrap()).collect();
+        // Three of the four in flight have just started: the endpoint is as fast as timed.
+        let turn = g.defer("t", "s", Refusal::Busy(BUSY_DELAY));
+        assert!(turn < Duration::from_millis(100), "{turn:?}");
+        drop((stuck, fresh));
     }
 
     #[test]

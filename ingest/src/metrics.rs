@@ -81,7 +81,7 @@ pub fn reason(error: &ApiError) -> &'static str {
         ApiError::Rejected { .. } => "malformed",
         ApiError::PayloadTooLarge { .. } => "too_large",
         ApiError::RateLimited { .. } => "rate_limited",
-        ApiError::Unavailable(_) => "unavailable",
+        ApiError::Unavailable(_) | ApiError::Overloaded => "unavailable",
         ApiError::Unconfirmed { .. } => "unconfirmed",
         ApiError::Unauthorized => "unauthorized",
         ApiError::Internal(_) => "internal",

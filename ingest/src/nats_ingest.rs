@@ -220,7 +220,7 @@ fn rejected(error: &ApiError) -> Rejected {
     | ApiError::Internal(cause)
     | ApiError::Unconfirmed { source: cause, .. } = error
     {
-        tracing::error!(error.message = %cause, error.cause_chain = ?cause, status = error.status().as_u16(), "nats ingest request failed");
+        tracing::error!(error.message = %cause, error.cause_chain = %format!("{cause:#}"), status = error.status().as_u16(), "nats ingest request failed");
     }
     let problem = error.problem();
     let text = |key: &str| {

@@ -162,9 +162,7 @@ async fn shed_load(
     }
     match limit.try_acquire() {
         Ok(_permit) => next.run(request).await,
-        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
-            anyhow::anyhow!("too many requests in flight; try again shortly"),
-        )),
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Overloaded),
     }
 }
 
