@@ -467,6 +467,7 @@ async fn sigterm_drains_in_flight_deliveries_and_hands_back_the_rest() {
         &[
             ("WEBHOOKS_SHUTDOWN_GRACE", "10s"),
             ("WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT", "32"),
+            ("RUST_LOG", "info"),
         ],
     )
     .await;
@@ -486,6 +487,7 @@ async fn sigterm_drains_in_flight_deliveries_and_hands_back_the_rest() {
     let took = sent.elapsed();
     assert!(status.success(), "drained and exited cleanly: {status}");
     assert!(took < grace, "exited within the grace: {took:?}");
+    let first_log = first.log();
 
     // Every request the first dispatcher made was answered and acked before it exited.
     let seen_at_exit = receiver.count();
@@ -523,7 +525,7 @@ async fn sigterm_drains_in_flight_deliveries_and_hands_back_the_rest() {
         .collect();
     assert!(
         again.is_empty(),
-        "deliveries completed during the drain were sent again: {again:?}"
+        "deliveries completed during the drain were sent again: {again:?}; the stopped dispatcher's log:\n{first_log}"
     );
     eprintln!(
         "drain took {took:?} with {seen_at_exit} requests made; {:?}",
