@@ -313,9 +313,7 @@ impl App {
         }
         background.cancel();
         let _ = http.await;
-        if let Err(error) = client.drain().await {
-            tracing::warn!(error = %error, "nats drain failed");
-        }
+        common::nats::close(&client).await;
         result
     }
 }

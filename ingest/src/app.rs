@@ -142,9 +142,7 @@ impl App {
             tracing::error!(error = %error, "nats ingest task failed");
         }
         background.cancel();
-        if let Err(error) = client.drain().await {
-            tracing::warn!(error = %error, "nats drain failed");
-        }
+        common::nats::close(&client).await;
         served.context("http server failed")
     }
 }
