@@ -301,15 +301,26 @@ impl Deliverer {
     /// Admission for `live` now, or a place in line when its endpoint or its tenant's share is
     /// only busy and the line has room.
     pub fn enter(&self, live: &Live) -> Entry {
+        match self.admit_now(live) {
+            Ok(entry) => entry,
+            Err(busy) => match self
+                .gate
+                .line(&live.sub.tenant_id, &live.sub.id, self.patience())
+            {
+                Some(place) => Entry::Line(place),
+                None => Entry::Refused(busy),
+            },
+        }
+    }
+
+    /// Admission for `live` now, or a refusal that stands (`Ok`), or, `Err`, the refusal of an
+    /// endpoint or tenant that is only busy: the task may wait in line.
+    fn admit_now(&self, live: &Live) -> Result<Entry, Refusal> {
         let (tenant, rate) = (&live.sub.tenant_id, live.sub.rate_limit_per_s);
-        let refusal = match self.gate.admit_for(tenant, &live.sub.id, rate) {
-            Ok(admission) => return Entry::Now(admission),
-            Err(refusal @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => refusal,
-            Err(refusal) => return Entry::Refused(refusal),
-        };
-        match self.gate.line(tenant, &live.sub.id, self.patience()) {
-            Some(place) => Entry::Line(place),
-            None => Entry::Refused(refusal),
+        match self.gate.admit_for(tenant, &live.sub.id, rate) {
+            Ok(admission) => Ok(Entry::Now(admission)),
+            Err(busy @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => Err(busy),
+            Err(refusal) => Ok(Entry::Refused(refusal)),
         }
     }
 
@@ -339,30 +350,25 @@ impl Deliverer {
 
     /// How a live event's first attempt may be made straight from the fan-out: now, or after
     /// waiting in line (see [`Deliverer::enter`]); refused (or `None`: a disabled or
-    /// unsignable subscription), it is queued as a task. A full line that moves fast is waited on for a place, at most
-    /// [`FANOUT_PLACE_WAIT`] (`Gate::line_within`), with the fan-out's pull permit held: so a
-    /// fast endpoint's backlog waits in the events stream, where waiting costs nothing,
-    /// rather than going round as tasks, while a slow endpoint's is queued at once. The pull
-    /// permit is given back before the wait in line itself.
+    /// unsignable subscription), it is queued as a task. A full line that moves fast is waited
+    /// on for a place, at most [`FANOUT_PLACE_WAIT`] (`Gate::line_within`), with the fan-out's
+    /// pull permit held: so a fast endpoint's backlog waits in the events stream, where
+    /// waiting costs nothing, rather than going round as tasks, while a slow endpoint's is
+    /// queued at once. The pull permit is given back before the wait in line itself.
     pub async fn admit_direct(&self, live: &Live) -> Option<Entry> {
         if !live.sub.enabled || live.signer.is_err() {
             return None;
         }
-        let refusal = match self.enter(live) {
-            Entry::Refused(refusal @ (Refusal::Busy(_) | Refusal::TenantBusy(_))) => refusal,
-            entry => return Some(entry),
+        let busy = match self.admit_now(live) {
+            Ok(entry) => return Some(entry),
+            Err(busy) => busy,
         };
         let (tenant, id) = (&live.sub.tenant_id, &live.sub.id);
-        Some(
-            match self
-                .gate
-                .line_within(tenant, id, self.patience(), FANOUT_PLACE_WAIT)
-                .await
-            {
-                Some(place) => Entry::Line(place),
-                None => Entry::Refused(refusal),
-            },
-        )
+        let place = self
+            .gate
+            .line_within(tenant, id, self.patience(), FANOUT_PLACE_WAIT)
+            .await;
+        Some(place.map_or(Entry::Refused(busy), Entry::Line))
     }
 
     /// Files `task` in the waiting room under `msg_id` and acks `message`; handed back if it

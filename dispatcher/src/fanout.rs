@@ -157,14 +157,19 @@ impl Fanout {
                         Ok((live.sub.id.clone(), ok))
                     }
                 }));
-            let (mut stored, tried) = tokio::join!(self.queue(&message, &event, queued), attempts);
-            let (tried, late): (Vec<_>, Vec<_>) = tried.into_iter().partition(Result::is_ok);
-            let late: Vec<Delivery> = late.into_iter().filter_map(Result::err).collect();
+            let (mut stored, outcomes) =
+                tokio::join!(self.queue(&message, &event, queued), attempts);
+            let (mut tried, mut late) = (Vec::new(), Vec::new());
+            for outcome in outcomes {
+                match outcome {
+                    Ok(done) => tried.push(done),
+                    Err(task) => late.push(task),
+                }
+            }
             let direct_count = tried.len() as u64;
             if !late.is_empty() {
                 stored.extend(self.queue(&message, &event, late).await);
             }
-            let tried = tried.into_iter().filter_map(Result::ok);
             let mut unsettled = 0usize;
             for (id, ok) in stored.into_iter().chain(tried) {
                 if ok {

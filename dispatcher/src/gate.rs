@@ -412,6 +412,11 @@ impl Gate {
     /// delivery 91 s late). (A floor of 20 ms for every endpoint made a 1 ms endpoint's
     /// set-aside tasks come back at 32 slots ÷ 20 ms = 1,600/s: scenario 2 delivered 2,000/s.)
     fn latency(&self, endpoint: &Endpoint) -> Duration {
+        self.latency_and_timed(endpoint).0
+    }
+
+    /// [`Gate::latency`], and whether an attempt of the endpoint has finished yet.
+    fn latency_and_timed(&self, endpoint: &Endpoint) -> (Duration, bool) {
         let pace = endpoint.pace.lock().unwrap_or_else(|p| p.into_inner());
         let ms = if pace.latency_ms == 0.0 {
             UNTIMED_LATENCY_MS
@@ -430,23 +435,17 @@ impl Gate {
             })
             .map(|(started, _)| started.elapsed())
             .unwrap_or_default();
-        smoothed.max(age)
+        (smoothed.max(age), pace.latency_ms != 0.0)
     }
 
     /// The latency a deferral's turns assume: [`Gate::latency`], doubled while none of the
-    /// endpoint's attempts has finished, since its oldest one in flight tells only that it is
-    /// at least that slow; turns handed out too close together come back to a full endpoint
-    /// and are set aside again (scenario 9b: a backlog met a 3 s endpoint before it had
-    /// answered once).
+    /// endpoint's attempts has finished, since its attempts in flight tell only that it is at
+    /// least that slow; turns handed out too close together come back to a full endpoint and
+    /// are set aside again (scenario 9b: a backlog met a 3 s endpoint before it had answered
+    /// once).
     fn turn_latency(&self, endpoint: &Endpoint) -> Duration {
-        let untimed = endpoint
-            .pace
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .latency_ms
-            == 0.0;
-        let latency = self.latency(endpoint);
-        if untimed { latency * 2 } else { latency }
+        let (latency, timed) = self.latency_and_timed(endpoint);
+        if timed { latency } else { latency * 2 }
     }
 
     fn admission(

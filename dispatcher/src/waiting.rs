@@ -249,9 +249,7 @@ impl Waiting {
         }
         Ok(moved)
     }
-}
 
-impl Waiting {
     /// Moves a due task (stored at `sequence` of its bucket) on: to its lane, or, when its
     /// lane refuses it as full (its subscription over its budget, or the whole stream), back
     /// into the waiting room for [`FULL_LANE_WAIT`]; so a full lane never holds up the other

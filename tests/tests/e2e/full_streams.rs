@@ -95,6 +95,15 @@ async fn dead_letters(sys: &System, key: &str, sub: &str) -> Vec<Value> {
     body["data"].as_array().cloned().unwrap_or_default()
 }
 
+/// The first dead letter of `sub`, once there is one (within `within`).
+async fn first_dead_letter(sys: &System, key: &str, sub: &str, within: Duration) -> Value {
+    eventually(within, "a dead letter", || async {
+        dead_letters(sys, key, sub).await.first().cloned()
+    })
+    .await
+    .unwrap()
+}
+
 /// How many of `receiver`'s requests so far carried `id` (taking them).
 async fn received(receiver: &TestReceiver, id: &str) -> usize {
     let mut n = 0;
@@ -152,14 +161,7 @@ async fn a_match_whose_outcome_cannot_be_stored_repeats_no_other_and_ends_in_a_d
     .unwrap();
     unfill(&js, subjects::DLQ_STREAM, &filler_dlq, dlq_cap).await;
     // ...and after `fanout_max_deliveries` the match ends in a dead letter, on the record.
-    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
-        dead_letters(&sys, &key, &failing_sub)
-            .await
-            .first()
-            .cloned()
-    })
-    .await
-    .unwrap();
+    let dead = first_dead_letter(&sys, &key, &failing_sub, Duration::from_secs(60)).await;
     assert_eq!(dead["event_id"], json!(id), "{dead}");
     assert_eq!(dead["reason"], json!("system_error"), "{dead}");
     assert_eq!(dead["failed_by"], json!("system"), "{dead}");
@@ -200,11 +202,7 @@ async fn a_retry_with_no_room_to_wait_is_dead_lettered_with_its_attempt_counted(
     .await;
 
     let id = sys.send_event(&key, event("call.started", "agent_1")).await;
-    let dead = eventually(SOON, "the dead letter", || async {
-        dead_letters(&sys, &key, &sub).await.first().cloned()
-    })
-    .await
-    .unwrap();
+    let dead = first_dead_letter(&sys, &key, &sub, SOON).await;
     assert_eq!(dead["event_id"], json!(id), "{dead}");
     assert_eq!(dead["reason"], json!("system_error"), "{dead}");
     assert_eq!(dead["attempts"], json!(1), "{dead}");
@@ -290,11 +288,7 @@ async fn dead_lettered_after_no_room(
     let id = sys.send_event(key, event("call.started", "agent_1")).await;
     refused_twice(sys).await;
     unfill(js, subjects::DLQ_STREAM, &filler, dlq_cap).await;
-    let dead = eventually(Duration::from_secs(60), "the dead letter", || async {
-        dead_letters(sys, key, sub).await.first().cloned()
-    })
-    .await
-    .unwrap();
+    let dead = first_dead_letter(sys, key, sub, Duration::from_secs(60)).await;
     (id, dead)
 }
 
@@ -359,14 +353,7 @@ async fn one_subscriptions_dead_letters_over_its_budget_wait_and_leave_room_for_
     let id = sys
         .send_event(&quiet, event("call.started", "agent_1"))
         .await;
-    let dead = eventually(Duration::from_secs(30), "quiet's dead letter", || async {
-        dead_letters(&sys, &quiet, &quiet_sub)
-            .await
-            .first()
-            .cloned()
-    })
-    .await
-    .unwrap();
+    let dead = first_dead_letter(&sys, &quiet, &quiet_sub, Duration::from_secs(30)).await;
     assert_eq!(dead["event_id"], json!(id), "{dead}");
 }
 
