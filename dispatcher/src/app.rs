@@ -176,7 +176,11 @@ impl App {
         let token = token.child_token();
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
-        let waiting = Arc::new(crate::waiting::Waiting::new(js.clone()));
+        let waiting = Arc::new(crate::waiting::Waiting::new(
+            js.clone(),
+            settings.max_waiting_per_tenant,
+            metrics.waiting_over_budget.clone(),
+        ));
         let deliverer = Arc::new(Deliverer {
             js: js.clone(),
             index: index.clone(),

@@ -64,6 +64,11 @@ pub struct Settings {
     /// Deliveries of one event to the fan-out after which the matches whose outcome could not
     /// be stored are dead-lettered as `system_error` (`WEBHOOKS_FANOUT_MAX_DELIVERIES`, 8).
     pub fanout_max_deliveries: i64,
+    /// Deliveries one tenant may have in the waiting room (`WEBHOOKS_MAX_WAITING_PER_TENANT`,
+    /// 250,000; 0: no budget): retries, set-asides and pending dead letters. Past it a retry
+    /// is dead-lettered as `system_error` and a set-aside stays in its lane, so one tenant's
+    /// dead endpoints cannot fill the room every tenant's retries wait in (`waiting_budget`).
+    pub max_waiting_per_tenant: u64,
 }
 
 impl Settings {
@@ -90,6 +95,7 @@ impl Settings {
             per_tenant_in_flight: 512,
             max_in_line: 4096,
             fanout_max_deliveries: 8,
+            max_waiting_per_tenant: 250_000,
         }
     }
 
@@ -127,6 +133,8 @@ impl Settings {
         s.max_in_line = env.parse("WEBHOOKS_MAX_IN_LINE", s.max_in_flight * 4)?;
         s.fanout_max_deliveries =
             env.parse("WEBHOOKS_FANOUT_MAX_DELIVERIES", s.fanout_max_deliveries)?;
+        s.max_waiting_per_tenant =
+            env.parse("WEBHOOKS_MAX_WAITING_PER_TENANT", s.max_waiting_per_tenant)?;
         s.ack_wait = (s.http_timeout * 3).max(s.http_timeout + Duration::from_secs(6));
         s.check()?;
         Ok(s)

@@ -50,9 +50,10 @@ impl Death {
         }
     }
 
-    /// The death of a delivery whose retry found no room in the waiting room.
+    /// The death of a delivery whose retry found no room in the waiting room: the room full,
+    /// or its tenant over its budget there.
     pub fn no_room(attempts: u32, status: Option<u16>, error: &anyhow::Error) -> Self {
-        let error = format!("retry not stored, the waiting room is full: {error:#}");
+        let error = format!("retry not stored, no room in the waiting room: {error:#}");
         Death::system(attempts, status, truncate(error))
     }
 

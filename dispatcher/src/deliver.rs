@@ -261,7 +261,7 @@ impl Deliverer {
                     Ok(()) => ack(&message, AckKind::Ack).await,
                     // No room to wait in: the attempt that was made is on the record, in a
                     // dead letter, rather than made again at the same number forever.
-                    Err(error) if common::nats::is_full(&error) => {
+                    Err(error) if crate::waiting::no_room(&error) => {
                         let death = Death::no_room(attempt, status, &error);
                         self.dead_letter(&message, sequence, &task, death).await
                     }
@@ -384,6 +384,12 @@ impl Deliverer {
         let headers = common::trace_context::copy(message.headers.as_ref());
         match self.store_retry(message, task, headers, msg_id).await {
             Ok(()) => ack(message, AckKind::Ack).await,
+            // Its tenant over its waiting budget (or the room full): the task stays in its
+            // lane, offered again as a full lane's are.
+            Err(error) if crate::waiting::no_room(&error) => {
+                tracing::debug!(error = %error, "no room to set the task aside, handed back");
+                ack(message, AckKind::Nak(Some(crate::waiting::FULL_LANE_WAIT))).await;
+            }
             Err(error) => {
                 tracing::warn!(error = %error, "task not set aside, handed back");
                 ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -420,7 +426,7 @@ impl Deliverer {
                 let id = subjects::delivery_msg_id(&task.event_id, &task.subscription_id);
                 match self.store_retry(progress, &next, headers, id).await {
                     Ok(()) => true,
-                    Err(error) if common::nats::is_full(&error) => {
+                    Err(error) if crate::waiting::no_room(&error) => {
                         let death = Death::no_room(1, status, &error);
                         self.dead_letter_first(task, &death).await
                     }
@@ -741,7 +747,7 @@ impl Deliverer {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(error) if tries >= STORE_TRIES || common::nats::is_full(&error) => {
+                Err(error) if tries >= STORE_TRIES || crate::waiting::no_room(&error) => {
                     return Err(error);
                 }
                 Err(error) => {

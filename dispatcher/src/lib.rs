@@ -35,6 +35,7 @@ pub mod signing;
 pub mod subscriptions;
 pub mod test_send;
 pub mod waiting;
+pub mod waiting_budget;
 
 pub use app::App;
 pub use config::Settings;

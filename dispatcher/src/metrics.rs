@@ -101,6 +101,8 @@ pub struct Metrics {
     pub fanout_abandoned: Counter,
     /// Waiting deliveries moved out of a due bucket (to their lane or a finer bucket).
     pub waiting_moved: Counter,
+    /// Deliveries refused a wait because their tenant had its budget waiting already.
+    pub waiting_over_budget: Counter,
 }
 
 impl Default for Metrics {
@@ -150,6 +152,7 @@ impl Default for Metrics {
             }
         }
         let waiting_moved = Counter::default();
+        let waiting_over_budget = Counter::default();
         let fanout_abandoned = Counter::default();
         let mut registry = Registry::with_prefix("webhooks");
         registry.register(
@@ -181,6 +184,12 @@ impl Default for Metrics {
             "waiting_moved",
             "Waiting deliveries moved out of a due bucket, to their lane or a finer bucket",
             waiting_moved.clone(),
+        );
+        registry.register(
+            "waiting_over_budget",
+            "Deliveries refused a wait because their tenant had WEBHOOKS_MAX_WAITING_PER_TENANT waiting \
+             (a retry is dead-lettered, a set-aside stays in its lane)",
+            waiting_over_budget.clone(),
         );
         registry.register(
             "events_fanned_out",
@@ -299,6 +308,7 @@ impl Default for Metrics {
             stream_max_bytes,
             stream_messages,
             waiting_moved,
+            waiting_over_budget,
             fanout_abandoned,
         }
     }

@@ -36,7 +36,16 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use proto::{subjects, v1::Delivery};
 
-use crate::fanout::ack;
+use crate::{
+    fanout::ack,
+    waiting_budget::{OverBudget, WaitingBudget},
+};
+
+/// Whether `error` says there was no room: the stream (or the lane) full, or the tenant over
+/// its waiting budget.
+pub fn no_room(error: &anyhow::Error) -> bool {
+    common::nats::is_full(error) || error.is::<OverBudget>()
+}
 
 /// Waits shorter than this are not filed: the task goes to its lane now and the deliverer
 /// sleeps the rest (bounded by its in-flight permits).
@@ -97,32 +106,92 @@ pub struct Waiting {
     /// Buckets whose tick this replica has scheduled and that are not yet due: their tick need
     /// not be published again. One entry per bucket, never per task; pruned as buckets pass.
     ticks: Mutex<BTreeSet<u64>>,
+    budget: WaitingBudget,
+}
+
+/// Whether filing a task asks its tenant's budget first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filing {
+    /// A task new to the waiting room: a retry, a set-aside, a pending dead letter.
+    New,
+    /// A task moved on from a due bucket: counted already.
+    Moved,
 }
 
 impl Waiting {
-    pub fn new(js: jetstream::Context) -> Self {
+    /// `budget`: tasks one tenant may have waiting (0: no budget); each task refused for it
+    /// is counted in `over_budget`.
+    pub fn new(
+        js: jetstream::Context,
+        budget: u64,
+        over_budget: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Self {
+            budget: WaitingBudget::new(js.clone(), budget, over_budget),
             js,
             ticks: Mutex::new(BTreeSet::new()),
         }
     }
 
     /// Stores `task` where it waits for its `not_before` (or in its lane, when that is near)
-    /// under `msg_id`, and returns once JetStream has it.
+    /// under `msg_id`, and returns once JetStream has it. Refused with
+    /// [`OverBudget`](crate::waiting_budget::OverBudget) when it would wait and its tenant has
+    /// its whole budget waiting already (see [`no_room`]).
     pub async fn put(
         &self,
         task: &Delivery,
         headers: Option<HeaderMap>,
         msg_id: String,
     ) -> anyhow::Result<()> {
+        self.file(task, headers, msg_id, Filing::New).await
+    }
+
+    async fn file(
+        &self,
+        task: &Delivery,
+        headers: Option<HeaderMap>,
+        msg_id: String,
+        filing: Filing,
+    ) -> anyhow::Result<()> {
         let now = unix_ms(SystemTime::now());
-        let subject = match bucket_for(due_ms(task), now) {
-            None => subjects::task_subject(task.origin(), &task.tenant_id, &task.subscription_id),
-            Some(bucket) => {
-                self.ensure_tick(bucket, now).await?;
-                subjects::waiting_subject(bucket)
-            }
+        let Some(bucket) = bucket_for(due_ms(task), now) else {
+            let lane =
+                subjects::task_subject(task.origin(), &task.tenant_id, &task.subscription_id);
+            return self.store(lane, task, headers, msg_id).await;
         };
+        if filing == Filing::Moved {
+            return self
+                .store_in_bucket(task, headers, msg_id, bucket, now)
+                .await;
+        }
+        self.budget.reserve(&task.tenant_id).await?;
+        let stored = self
+            .store_in_bucket(task, headers, msg_id, bucket, now)
+            .await;
+        self.budget.settle(&task.tenant_id, stored.is_ok());
+        stored
+    }
+
+    async fn store_in_bucket(
+        &self,
+        task: &Delivery,
+        headers: Option<HeaderMap>,
+        msg_id: String,
+        bucket: u64,
+        now: u64,
+    ) -> anyhow::Result<()> {
+        self.ensure_tick(bucket, now).await?;
+        let subject = subjects::waiting_subject(bucket, &task.tenant_id);
+        self.store(subject, task, headers, msg_id).await
+    }
+
+    async fn store(
+        &self,
+        subject: String,
+        task: &Delivery,
+        headers: Option<HeaderMap>,
+        msg_id: String,
+    ) -> anyhow::Result<()> {
         let mut publish = PublishMessage::build()
             .payload(task.encode_to_vec().into())
             .message_id(msg_id);
@@ -174,20 +243,26 @@ impl Waiting {
     /// bucket's next tick. Moving twice (a tick redelivered) is harmless: the moves carry the
     /// waiting sequence as their message id.
     pub async fn drain(&self, bucket: u64, progress: &jetstream::Message) -> anyhow::Result<usize> {
-        let subject = subjects::waiting_subject(bucket);
+        let filters = subjects::waiting_bucket_subjects(bucket);
         let stream = self.js.get_stream(subjects::WAITING_STREAM).await?;
         // The stream leader says where the bucket ends. Not the new consumer's pending count:
         // an ephemeral consumer may sit on a replica that lags (a node just lost or back), and
         // a count short of the end would purge nothing past it yet ack the tick, stranding the
         // rest with no tick to come.
-        let last = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => message.sequence,
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
+        let mut last = 0;
+        for filter in &filters {
+            match stream.get_last_raw_message_by_subject(filter).await {
+                Ok(message) => last = last.max(message.sequence),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if last == 0 {
+            return Ok(0);
+        }
         let consumer: jetstream::consumer::PullConsumer = stream
             .create_consumer(pull::Config {
-                filter_subject: subject.clone(),
+                filter_subjects: filters.to_vec(),
                 ack_policy: AckPolicy::None,
                 deliver_policy: DeliverPolicy::All,
                 inactive_threshold: Duration::from_secs(60),
@@ -238,11 +313,13 @@ impl Waiting {
         }
         drop(messages);
         if last_sequence > 0 {
-            stream
-                .purge()
-                .filter(subject)
-                .sequence(last_sequence + 1)
-                .await?;
+            for filter in filters {
+                stream
+                    .purge()
+                    .filter(filter)
+                    .sequence(last_sequence + 1)
+                    .await?;
+            }
         }
         if let Err(error) = stream.delete_consumer(&name).await {
             tracing::debug!(error = %error, "bucket consumer not deleted; it expires by itself");
@@ -261,7 +338,10 @@ impl Waiting {
         sequence: u64,
     ) -> anyhow::Result<()> {
         let id = subjects::wait_msg_id(sequence);
-        match self.put(task, headers.clone(), id.clone()).await {
+        match self
+            .file(task, headers.clone(), id.clone(), Filing::Moved)
+            .await
+        {
             Err(error)
                 if common::nats::is_full(&error)
                     && bucket_for(due_ms(task), unix_ms(SystemTime::now())).is_none() =>
@@ -271,7 +351,7 @@ impl Waiting {
                     not_before: Some(proto::time::from_system(SystemTime::now() + FULL_LANE_WAIT)),
                     ..task.clone()
                 };
-                self.put(&later, headers, id).await
+                self.file(&later, headers, id, Filing::Moved).await
             }
             moved => moved,
         }

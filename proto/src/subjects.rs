@@ -36,8 +36,11 @@ pub const ATTEMPTS_STREAM: &str = "WEBHOOK_ATTEMPTS";
 pub const ATTEMPTS_SUBJECTS: &str = "webhooks.attempts.>";
 
 /// Stream of deliveries waiting for their time (a retry's backoff, an open circuit's
-/// cool-down, a busy or rate-limited endpoint's next free slot), one subject per time bucket:
-/// `webhooks.waiting.<bucket, Unix ms>`. Nothing here is in any consumer until it is due, so
+/// cool-down, a busy or rate-limited endpoint's next free slot), one subject per time bucket
+/// and tenant: `webhooks.waiting.<bucket, Unix ms>.<tenant>`, so a tenant's share is counted
+/// by the server (`webhooks.waiting.*.<tenant>`) and a bucket is read as one wildcard.
+/// (`webhooks.waiting.<bucket>`, without the tenant, is what versions before the per-tenant
+/// budget filed, and is still drained.) Nothing here is in any consumer until it is due, so
 /// millions may wait without holding consumer capacity (see the dispatcher's `waiting`).
 pub const WAITING_STREAM: &str = "WEBHOOK_WAITING";
 /// Subjects of the waiting stream.
@@ -168,9 +171,24 @@ pub fn task_subject(origin: crate::v1::DeliveryOrigin, tenant: &str, subscriptio
     }
 }
 
-/// `webhooks.waiting.<bucket>`: the waiting deliveries due at `bucket_ms` (Unix ms).
-pub fn waiting_subject(bucket_ms: u64) -> String {
-    format!("webhooks.waiting.{bucket_ms}")
+/// `webhooks.waiting.<bucket>.<tenant>`: `tenant`'s waiting deliveries due at `bucket_ms`
+/// (Unix ms).
+pub fn waiting_subject(bucket_ms: u64, tenant: &str) -> String {
+    format!("webhooks.waiting.{bucket_ms}.{tenant}")
+}
+
+/// The subjects of every task waiting in the bucket `bucket_ms`: every tenant's
+/// (`webhooks.waiting.<bucket>.>`), and the subject older versions filed under, without one.
+pub fn waiting_bucket_subjects(bucket_ms: u64) -> [String; 2] {
+    [
+        format!("webhooks.waiting.{bucket_ms}.>"),
+        format!("webhooks.waiting.{bucket_ms}"),
+    ]
+}
+
+/// `webhooks.waiting.*.<tenant>`: everything `tenant` has waiting, whatever the bucket.
+pub fn waiting_tenant_filter(tenant: &str) -> String {
+    format!("webhooks.waiting.*.{tenant}")
 }
 
 /// `webhooks.ticks.at.<bucket>`: the schedule that fires when `bucket_ms` is due.

@@ -9,15 +9,6 @@ use testkit::{TestReceiver, eventually};
 
 use crate::helpers::*;
 
-/// Sends `n` events of tenant `key` in one batch.
-async fn batch(sys: &System, key: &str, n: usize) {
-    let events: Vec<_> = (0..n).map(|_| event("call.started", "agent_1")).collect();
-    let (status, body) = sys
-        .post("/v1/events/batch", key, json!({ "events": events }))
-        .await;
-    assert!(status.is_success(), "{body}");
-}
-
 #[tokio::test]
 async fn another_tenants_waiting_retries_do_not_delay_a_due_retry() {
     // The deliveries consumer hands out at most 50 tasks before an ack.

@@ -146,7 +146,7 @@ async fn a_match_whose_outcome_cannot_be_stored_repeats_no_other_and_ends_in_a_d
         .unwrap()
         .config
         .max_bytes;
-    let filler_waiting = subjects::waiting_subject(NEVER);
+    let filler_waiting = subjects::waiting_subject(NEVER, "filler");
     fill(&js, subjects::WAITING_STREAM, &filler_waiting, 64 * 1024).await;
     let (filler_dlq, dlq_cap) = fill_dlq(&js).await;
 
@@ -196,7 +196,7 @@ async fn a_retry_with_no_room_to_wait_is_dead_lettered_with_its_attempt_counted(
     fill(
         &js,
         subjects::WAITING_STREAM,
-        &subjects::waiting_subject(NEVER),
+        &subjects::waiting_subject(NEVER, "filler"),
         64 * 1024,
     )
     .await;
@@ -211,7 +211,7 @@ async fn a_retry_with_no_room_to_wait_is_dead_lettered_with_its_attempt_counted(
         dead["last_error"]
             .as_str()
             .unwrap()
-            .contains("waiting room is full"),
+            .contains("no room in the waiting room"),
         "{dead}"
     );
     // Attempted once, not again and again at attempt 1.

@@ -245,6 +245,19 @@ pub async fn spawn_ingest_with(
     }
 }
 
+/// Sends `n` events of tenant `key` in one batch.
+pub async fn batch(sys: &System, key: &str, n: usize) {
+    let events: Vec<_> = (0..n).map(|_| event("call.started", "agent_1")).collect();
+    let (status, body) = sys
+        .post(
+            "/v1/events/batch",
+            key,
+            serde_json::json!({ "events": events }),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
 /// Sends events until a delivery satisfies `wanted` (subscription changes reach the
 /// dispatcher a moment after the API answers).
 pub async fn a_delivery_where(

@@ -27,3 +27,4 @@ mod security;
 mod self_service;
 mod tracing;
 mod truthful;
+mod waiting_room;
