@@ -9,7 +9,10 @@
 //! - **8 slow backlog**: a 500 ms endpoint (128 slots) given 50,000 events at once drains at
 //!   slots ÷ latency; CPU per delivery against a healthy endpoint at that rate (8a).
 //! - **9 slow tenant**: tenant `other`'s 20 subscriptions to a 3 s endpoint are saturated by a
-//!   backlog of 2,000 events while `measured` sends 500 events/s to a fast endpoint.
+//!   backlog of 2,000 events while `measured` sends 500 events/s to a fast endpoint. 9c is
+//!   9b's control: `other` delivers at about 9b's rate (8 events/s to 20 subscriptions) but to
+//!   a fast endpoint, so 9b against 9c is what the *slowness* costs, and 9c against 9a what
+//!   the same work next to it costs on these cores.
 //!
 //! The circuit breaker is off in 7 (`WEBHOOKS_BREAKER_THRESHOLD` 1,000,000): an endpoint that
 //! fails every first attempt would open it within milliseconds, and 7 measures the waiting
@@ -40,6 +43,8 @@ pub enum Kind {
     NoisyNeighbour,
     SlowBacklog,
     SlowTenant,
+    /// 9b's control: the other tenant's deliveries at about 9b's rate, to a fast endpoint.
+    BusyTenant,
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +98,12 @@ pub fn scenarios() -> Vec<Scenario> {
             "9b",
             "as 9a while another tenant saturates 20 subscriptions to a 3 s endpoint",
             Kind::SlowTenant,
+            true,
+        ),
+        s(
+            "9c",
+            "control for 9b: as 9a while another tenant sends 8 events/s to 20 subscriptions of a fast endpoint",
+            Kind::BusyTenant,
             true,
         ),
     ]
@@ -453,7 +464,7 @@ pub async fn run_once(
     let extra: Vec<(&str, String)> = match s.kind {
         Kind::NoisyNeighbour => vec![("WEBHOOKS_BREAKER_THRESHOLD", "1000000".into())],
         Kind::SlowBacklog => vec![("WEBHOOKS_MAX_IN_FLIGHT_PER_ENDPOINT", "128".into())],
-        Kind::SlowTenant => vec![],
+        Kind::SlowTenant | Kind::BusyTenant => vec![],
     };
     let sys = System::start(bins, dir, client, &extra).await?;
     let result = measure(s, &sys, client, tck).await;
@@ -474,7 +485,7 @@ async fn measure(
         async_nats::connect(format!("nats://127.0.0.1:{NATS_PORT}")).await?,
     );
     let (measured_events, rate) = match (s.kind, s.trouble) {
-        (Kind::NoisyNeighbour | Kind::SlowTenant, _) => (5_000, 500.0),
+        (Kind::NoisyNeighbour | Kind::SlowTenant | Kind::BusyTenant, _) => (5_000, 500.0),
         (Kind::SlowBacklog, false) => (7_680, 256.0),
         (Kind::SlowBacklog, true) => (50_000, 0.0),
     };
@@ -510,6 +521,11 @@ async fn measure(
                     json!({}),
                 )
                 .await?;
+            }
+        }
+        Kind::BusyTenant => {
+            for k in 1..=20 {
+                subscribe(client, api, &other_key, format!("{base}/ok/{k}"), json!({})).await?;
             }
         }
         Kind::SlowBacklog => {}
@@ -599,7 +615,7 @@ async fn measure(
                 )
                 .await?;
             }
-            Kind::SlowBacklog => {}
+            Kind::SlowBacklog | Kind::BusyTenant => {}
         }
         m.insert("trouble_setup_s".into(), t0.elapsed().as_secs_f64());
     }
@@ -621,6 +637,12 @@ async fn measure(
         );
     }
     let load_t0 = seen.now();
+    // 9c: the other tenant's 8 events/s × 20 subscriptions (160 deliveries/s, about what 9b
+    // delivers to its slow endpoints) for as long as the measured load runs.
+    let busy = (s.kind == Kind::BusyTenant).then(|| {
+        let (client, api, key) = (client.clone(), api.to_string(), other_key.clone());
+        tokio::spawn(async move { batches(&client, &api, &key, "c", 120, 1, 8.0).await })
+    });
     let sends: Vec<(u64, bool)> = if rate > 0.0 {
         open_loop(client, api, &key, &seen, measured_events, rate).await
     } else {
@@ -628,6 +650,9 @@ async fn measure(
         batches(client, api, &key, "m", measured_events, 250, 0.0).await?;
         (0..measured_events).map(|_| (now, true)).collect()
     };
+    if let Some(busy) = busy {
+        busy.abort();
+    }
     if s.trouble && s.kind == Kind::NoisyNeighbour {
         m.insert(
             "waiting_during_load".into(),
@@ -703,7 +728,7 @@ async fn measure(
         m.insert("retry_late_p99_ms".into(), percentile(&late, 0.99));
         m.insert("retry_late_max_ms".into(), percentile(&late, 1.0));
     }
-    if s.kind == Kind::SlowTenant {
+    if matches!(s.kind, Kind::SlowTenant | Kind::BusyTenant) {
         let window = done_ns.saturating_sub(load_t0) as f64 / 1e9;
         m.insert(
             "other_delivered_per_s".into(),
