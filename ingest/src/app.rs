@@ -48,6 +48,8 @@ pub struct State {
     pub rate_limit: Arc<crate::rate_limit::TenantRateLimit>,
     /// Prometheus metrics of this process (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Makes room in the events stream (`room`).
+    pub room: Arc<crate::room::Keeper>,
 }
 
 /// A built, not yet serving, ingest service.
@@ -88,8 +90,15 @@ impl App {
         let rate_limit = Arc::new(crate::rate_limit::TenantRateLimit::new(
             settings.tenant_rate_limit,
         ));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let room = Arc::new(crate::room::Keeper::new(
+            js.clone(),
+            metrics.events_retained_seconds.clone(),
+            metrics.events_fanout_backlog_ratio.clone(),
+        ));
         let state = AppState(Arc::new(State {
             rate_limit,
+            room,
             settings: Arc::new(settings),
             client,
             js,
@@ -98,7 +107,7 @@ impl App {
             subscriptions,
             mirrors_ready: [keys_ready, subs_ready],
             draining: Arc::new(AtomicBool::new(false)),
-            metrics: Arc::new(crate::metrics::Metrics::default()),
+            metrics,
         }));
         Ok(App {
             listener,
@@ -125,6 +134,7 @@ impl App {
         // Upstream NATS requests, answered until `token` is cancelled; in-flight ones finish.
         let nats_token = token.child_token();
         let nats_served = tokio::spawn(nats_ingest.serve(state.clone(), nats_token.clone()));
+        tokio::spawn(crate::room::keep(state.room.clone(), background.clone()));
         let draining = state.draining.clone();
         let client = state.client.clone();
         let router =

@@ -28,6 +28,12 @@ pub enum ApiError {
     /// events/s in scenario 4b).
     #[error("too many requests in flight; try again shortly")]
     Overloaded,
+    /// The events stream is full of events not yet fanned out: room is made only by removing
+    /// events already delivered to every subscription (`room`), and there are none to remove.
+    #[error(
+        "the event store is full of events not yet delivered to their subscriptions; nothing was accepted, try again shortly"
+    )]
+    Backlogged,
     /// No PubAck came in time: the event may or may not be stored.
     #[error(
         "the event store did not confirm event {id} in time, so it may be stored; repeat the request with \"id\": \"{id}\" (a repeat is deduplicated)"
@@ -63,9 +69,10 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) | Self::Unconfirmed { .. } | Self::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::Unconfirmed { .. }
+            | Self::Overloaded
+            | Self::Backlogged => StatusCode::SERVICE_UNAVAILABLE,
             Self::Rejected { status, .. } => *status,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,9 +86,10 @@ impl ApiError {
             Self::NotFound => ("not-found", "Not Found"),
             Self::PayloadTooLarge { .. } => ("payload-too-large", "Payload Too Large"),
             Self::Invalid(_) => ("validation", "Validation Failed"),
-            Self::Unavailable(_) | Self::Unconfirmed { .. } | Self::Overloaded => {
-                ("unavailable", "Service Unavailable")
-            }
+            Self::Unavailable(_)
+            | Self::Unconfirmed { .. }
+            | Self::Overloaded
+            | Self::Backlogged => ("unavailable", "Service Unavailable"),
             Self::Rejected { status, .. } => (
                 "bad-request",
                 status.canonical_reason().unwrap_or("Bad Request"),

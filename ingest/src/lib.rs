@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod publisher;
 pub mod rate_limit;
 pub mod request_span;
+pub mod room;
 pub mod routes;
 
 pub use app::App;

@@ -63,6 +63,7 @@ pub const REASONS: &[&str] = &[
     "too_large",
     "rate_limited",
     "unavailable",
+    "backlogged",
     "unconfirmed",
     "unauthorized",
     "internal",
@@ -82,6 +83,7 @@ pub fn reason(error: &ApiError) -> &'static str {
         ApiError::PayloadTooLarge { .. } => "too_large",
         ApiError::RateLimited { .. } => "rate_limited",
         ApiError::Unavailable(_) | ApiError::Overloaded => "unavailable",
+        ApiError::Backlogged => "backlogged",
         ApiError::Unconfirmed { .. } => "unconfirmed",
         ApiError::Unauthorized => "unauthorized",
         ApiError::Internal(_) => "internal",
@@ -101,6 +103,10 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     /// HTTP requests answered, by method, matched route template and status.
     pub http_requests: Family<RequestLabels, Counter>,
+    /// How far back the events stream reaches (the feed's and replay's window), in seconds.
+    pub events_retained_seconds: crate::room::Ratio,
+    /// Events not yet fanned out, as a share of the events stream's cap.
+    pub events_fanout_backlog_ratio: crate::room::Ratio,
 }
 
 impl Default for Metrics {
@@ -112,7 +118,22 @@ impl Default for Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         let http_requests = Family::<RequestLabels, Counter>::default();
+        let events_retained_seconds = crate::room::Ratio::default();
+        let events_fanout_backlog_ratio = crate::room::Ratio::default();
         let mut registry = Registry::with_prefix("webhooks");
+        registry.register_with_unit(
+            "events_retained",
+            "How far back the events stream reaches (feed and replay window); shrinks when \
+             room is made at its cap",
+            Unit::Seconds,
+            events_retained_seconds.clone(),
+        );
+        registry.register(
+            "events_fanout_backlog_ratio",
+            "Events not yet fanned out, as a share of the events stream's cap (at 1 new events \
+             are refused)",
+            events_fanout_backlog_ratio.clone(),
+        );
         registry.register(
             "events_accepted",
             "Events stored, by ingest path and type (duplicates included)",
@@ -146,6 +167,8 @@ impl Default for Metrics {
             duplicates,
             publish_duration,
             http_requests,
+            events_retained_seconds,
+            events_fanout_backlog_ratio,
         };
         // Every series of the bounded sets exists from the start at 0, so `rate()` and
         // `increase()` see the first event too.

@@ -122,7 +122,7 @@ problem_responses! {
     PayloadTooLarge => "The request body is larger than the limit.", [];
     Unprocessable => "The request is well-formed but invalid; `errors` lists every offending field.", [];
     TooManyRequests => "The tenant is over its rate; nothing was accepted.", [RETRY_AFTER];
-    Unavailable => "NATS is unavailable (or no dispatcher answered); nothing was accepted, unless the problem carries `id`: then the event store did not confirm in time, the event may be stored, and repeating the request with that `id` is deduplicated.", [RETRY_AFTER];
+    Unavailable => "NATS is unavailable (or no dispatcher answered), or the event store is full of events not yet delivered to their subscriptions; nothing was accepted, unless the problem carries `id`: then the event store did not confirm in time, the event may be stored, and repeating the request with that `id` is deduplicated.", [RETRY_AFTER];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ async fn publish_until_confirmed(
 ) -> Result<PublishAck, ApiError> {
     let deadline = Instant::now() + state.settings.publish_timeout;
     let mut unanswered = false;
+    let mut room_made = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::time::timeout(left.min(ACK_TRY), async {
@@ -81,7 +82,18 @@ async fn publish_until_confirmed(
             Ok(Err(error)) if error.kind() == PublishErrorKind::TimedOut => {
                 anyhow::anyhow!(error)
             }
-            // Refused (a full stream, no stream): not stored. After an unanswered try that
+            // Refused as full: room is made by removing events already fanned out, and the
+            // event is published again; refused when there are none (`room`).
+            Ok(Err(error)) if !unanswered && !room_made && full(&error) => {
+                room_made = true;
+                match state.room.make(crate::room::LOW_WATER).await {
+                    Ok(crate::room::Room::Made { .. }) => continue,
+                    Ok(crate::room::Room::Backlogged) => return Err(ApiError::Backlogged),
+                    Err(cause) => return Err(ApiError::Unavailable(cause.context(error))),
+                }
+            }
+            Ok(Err(error)) if !unanswered && full(&error) => return Err(ApiError::Backlogged),
+            // Refused (no stream, ...): not stored. After an unanswered try that
             // is still unknown, since that one may have been.
             Ok(Err(error)) if !unanswered => return Err(ApiError::Unavailable(error.into())),
             Ok(Err(error)) => anyhow::anyhow!(error),
@@ -96,6 +108,11 @@ async fn publish_until_confirmed(
         }
         tracing::debug!(event_id = %id, error = %error, "no pub ack yet, publishing again");
     }
+}
+
+/// Whether JetStream refused a publish because the stream is at its cap.
+fn full(error: &async_nats::jetstream::context::PublishError) -> bool {
+    common::nats::is_full(&anyhow::anyhow!(error.to_string()))
 }
 
 /// Stores `event`, deduplicated by its tenant-scoped id within the dedupe window.

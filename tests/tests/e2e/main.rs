@@ -21,6 +21,7 @@ mod metrics;
 mod nats_ingest;
 mod openapi;
 mod reliability;
+mod retention_log;
 mod routing;
 mod secrets_at_rest;
 mod security;
