@@ -277,19 +277,23 @@ pub async fn a_delivery_where(
     .unwrap()
 }
 
+/// The Prometheus text a service serves at `http://{addr}/metrics`.
+pub async fn metrics_text(sys: &System, addr: std::net::SocketAddr) -> String {
+    sys.http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics read")
+}
+
 /// The sum of the dispatcher's samples named `name` whose labels include `labels` (0 when
 /// there is none), from its `/metrics`.
 pub async fn dispatcher_metric(sys: &System, name: &str, labels: &[(&str, &str)]) -> f64 {
     let addr = sys.dispatcher.as_ref().expect("a dispatcher").addr;
-    let text = sys
-        .http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(sys, addr).await;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

@@ -434,15 +434,7 @@ async fn a_target_that_is_private_at_delivery_time_is_refused_by_the_dispatcher(
 /// A counter of the dispatcher's `/metrics`, by its exact sample name.
 async fn dispatcher_counter(sys: &System, name: &str) -> f64 {
     let addr = sys.dispatcher.as_ref().expect("dispatcher").addr;
-    let text = sys
-        .http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(sys, addr).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in {text}"))

@@ -88,16 +88,7 @@ async fn a_small_events_stream_filled_many_times_over_accepts_every_event_while_
     })
     .await;
     // The feed's reach is reported.
-    let addr = sys.ingest.addr;
-    let metrics = sys
-        .http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&sys, sys.ingest.addr).await;
     assert!(
         metrics.contains("webhooks_events_retained_seconds "),
         "{metrics}"
