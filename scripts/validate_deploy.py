@@ -96,9 +96,11 @@ def duration_seconds(text: str) -> float:
 def jetstream_reservation(events_max_bytes: int) -> int:
     """What the streams and buckets of common/src/topology.rs reserve, on each replica."""
     m = events_max_bytes
-    return (5 * m                      # events, deliveries, replays, dead letters, attempts
+    return (6 * m                      # events, deliveries, replays, waiting, dead letters, attempts
             + max(m // 4, 16 * MIB)    # rejects
-            + max(m // 2, 16 * MIB)    # event-id index bucket
+            + max(m // 4, 16 * MIB)    # event-id index stream
+            + max(m // 4, 16 * MIB)    # event-id index bucket of earlier versions (read only)
+            + 2 * 64 * MIB             # waiting-room ticks, fan-out progress bucket
             + 3 * 256 * MIB)           # subscriptions, api keys, endpoint health buckets
 
 

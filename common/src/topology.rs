@@ -60,6 +60,22 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
             allow_direct: true,
             ..Default::default()
         },
+        // The event-id index of ids not found by their time (`event_index`): 64 subjects a
+        // tenant, entries of about 50 bytes expiring with the events; discard old, because a
+        // lost entry costs only a lookup by id of an event about to expire.
+        Config {
+            name: subjects::EVENT_IDS_STREAM.into(),
+            description: Some("event id -> sequence, for ids not found by their time".into()),
+            subjects: vec![subjects::EVENT_IDS_SUBJECTS.into()],
+            retention: RetentionPolicy::Limits,
+            max_age: s.event_retention,
+            max_bytes: (s.events_max_bytes / 4).max(16 * MIB),
+            discard: DiscardPolicy::Old,
+            duplicate_window: s.dedupe_window,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
         Config {
             name: subjects::DELIVERIES_STREAM.into(),
             description: Some("one task per (event, subscription) until acked".into()),
@@ -198,11 +214,9 @@ pub async fn ensure(js: &jetstream::Context, s: &SharedSettings) -> anyhow::Resu
     })
 }
 
-/// The event-id index: one small entry per event, expiring with the events (the same max age),
-/// capped at half the events stream's bytes (an entry is about a tenth of a typical event) and
-/// never under 64 MiB. Created or updated at every start, so a changed retention applies. A
-/// full bucket refuses new entries: the events are still accepted and listed in the feed, only
-/// their lookup by id fails (see `event_index`).
+/// The event-id index of earlier versions, one key per event: no longer written, still read
+/// until its entries expire with their events (see `event_index`). Capped at a quarter of the
+/// events stream's bytes, the other quarter of what it had going to `WEBHOOK_EVENT_IDS`.
 async fn event_index_bucket(
     js: &jetstream::Context,
     s: &SharedSettings,
@@ -212,7 +226,7 @@ async fn event_index_bucket(
         description: "event id -> sequence in the events stream".into(),
         history: 1,
         max_age: s.event_retention,
-        max_bytes: (s.events_max_bytes / 2).max(16 * MIB),
+        max_bytes: (s.events_max_bytes / 4).max(16 * MIB),
         storage: StorageType::File,
         num_replicas: s.stream_replicas,
         ..Default::default()

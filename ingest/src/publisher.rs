@@ -130,20 +130,14 @@ pub async fn publish(state: &AppState, event: &Event) -> Result<Accepted, ApiErr
     }
     let publish = publish.message_id(subjects::event_msg_id(&event.tenant_id, &event.id));
     let ack = publish_until_confirmed(state, subject, publish, &event.id).await?;
-    // Index the id before answering, so `GET /v1/events/{id}` finds it right after the `202`.
-    // A duplicate's PubAck carries the original's sequence: writing it again repairs an entry
-    // lost when the first attempt timed out after storing. Best-effort: the event is stored.
-    if ack.sequence > 0 {
-        let indexed = common::event_index::record(
-            &state.stores.event_index,
-            &event.tenant_id,
-            &event.id,
-            ack.sequence,
-        )
-        .await;
-        if let Err(error) = indexed {
-            tracing::warn!(event_id = %event.id, sequence = ack.sequence, error = %format!("{error:#}"), "event stored but not indexed by id");
-        }
+    // Index the id before answering, so `GET /v1/events/{id}` finds it right after the `202`
+    // (an id ingest assigned needs no entry: it is found by its time). A duplicate's PubAck
+    // carries the original's sequence: writing it again repairs an entry lost when the first
+    // attempt timed out after storing. Best-effort: the event is stored.
+    if ack.sequence > 0
+        && let Err(error) = common::event_index::record(&state.js, event, ack.sequence).await
+    {
+        tracing::warn!(event_id = %event.id, sequence = ack.sequence, error = %format!("{error:#}"), "event stored but not indexed by id");
     }
     Ok(Accepted {
         id: event.id.clone(),

@@ -51,8 +51,9 @@ pub const WAITING_SUBJECTS: &str = "webhooks.waiting.>";
 pub const TICKS_STREAM: &str = "WEBHOOK_TICKS";
 
 /// Every stream of the topology.
-pub const STREAMS: [&str; 8] = [
+pub const STREAMS: [&str; 9] = [
     EVENTS_STREAM,
+    EVENT_IDS_STREAM,
     DELIVERIES_STREAM,
     REPLAYS_STREAM,
     WAITING_STREAM,
@@ -90,9 +91,20 @@ pub const HEALTH_BUCKET: &str = "webhooks_endpoint_health";
 /// handed back skips them, so a partial failure never delivers the others' successes again.
 /// A key exists only between such a failure and the event's ack (and expires in a day).
 pub const FANOUT_PROGRESS_BUCKET: &str = "webhooks_fanout_progress";
-/// KV bucket of the event-id index, keyed `<tenant>.<event id>`, valued with the event's
-/// sequence in the events stream (8 bytes, big-endian); entries expire with the events.
+/// KV bucket of the event-id index before issue 14: one key per event, `<tenant>.<event id>`,
+/// valued with its sequence. No longer written (a subject per event cost nats-server about
+/// 1 KiB of memory per retained event); still read, so events indexed there are found until
+/// they expire.
 pub const EVENT_INDEX_BUCKET: &str = "webhooks_event_index";
+/// Stream of the event-id index for ids that are not found by their time (a producer's own
+/// id, one derived from an `Idempotency-Key`): one entry per such event under one of
+/// [`EVENT_ID_SHARDS`] subjects per tenant, `webhooks.ids.<tenant>.<shard>`, so the server's
+/// per-subject state grows with tenants, never with events (see `common::event_index`).
+pub const EVENT_IDS_STREAM: &str = "WEBHOOK_EVENT_IDS";
+/// Subjects of the event-id index stream.
+pub const EVENT_IDS_SUBJECTS: &str = "webhooks.ids.>";
+/// Index subjects per tenant: a lookup reads one of them.
+pub const EVENT_ID_SHARDS: u8 = 64;
 
 /// Request subject prefix for upstream producers: `webhooks.ingest.<tenant>`.
 pub const INGEST_PREFIX: &str = "webhooks.ingest";
@@ -145,9 +157,15 @@ pub fn events_filter(tenant: &str, agent: Option<&str>, event_type: Option<&str>
     }
 }
 
-/// KV key of an event in the event-id index.
+/// KV key of an event in the event-id index before issue 14, and of its fan-out progress.
 pub fn event_index_key(tenant: &str, event_id: &str) -> String {
     format!("{tenant}.{event_id}")
+}
+
+/// `webhooks.ids.<tenant>.<shard>`: where the index entry of `tenant`'s event `event_id` is,
+/// its shard the first byte of the id's SHA-256 modulo [`EVENT_ID_SHARDS`].
+pub fn event_id_subject(tenant: &str, shard: u8) -> String {
+    format!("webhooks.ids.{tenant}.{shard}")
 }
 
 /// `webhooks.deliveries.<tenant>.<subscription>`.

@@ -8,8 +8,8 @@
 //! resume from it later and get exactly what was accepted since. Without `after` the feed
 //! starts at the oldest retained event of the tenant.
 //!
-//! An event by id is found through the event-id index (`common::event_index`), a KV lookup then
-//! a direct read by sequence.
+//! An event by id is found through `common::event_index`: an id ingest assigned by its time,
+//! any other through the index stream, then a direct read by sequence.
 
 use std::collections::HashMap;
 
@@ -31,10 +31,17 @@ pub(super) async fn load(
     tenant: &str,
     id: &str,
 ) -> Result<(u64, Event), ApiError> {
-    common::event_index::load(&state.js, &state.stores.event_index, tenant, id)
-        .await
-        .map_err(ApiError::Unavailable)?
-        .ok_or(ApiError::NotFound)
+    let publish_within = state.settings.publish_timeout;
+    common::event_index::load(
+        &state.js,
+        &state.stores.event_index,
+        tenant,
+        id,
+        publish_within,
+    )
+    .await
+    .map_err(ApiError::Unavailable)?
+    .ok_or(ApiError::NotFound)
 }
 
 /// `GET /v1/events/{id}` → the envelope, exactly as receivers get it.

@@ -172,3 +172,67 @@ async fn take_until(
         }
     }
 }
+
+#[tokio::test]
+async fn events_are_found_by_id_without_a_subject_or_key_per_event() {
+    let sys = System::start().await;
+    let js = jetstream::new(async_nats::connect(sys.nats.url()).await.unwrap());
+    let key = sys.tenant_key("acme").await;
+    let other = sys.tenant_key("other").await;
+    const N: usize = 200;
+    let mut assigned = Vec::new();
+    let mut chosen = Vec::new();
+    for n in 0..N {
+        assigned.push(sys.send_event(&key, event("call.started", "agent_1")).await);
+        let mut own = event("call.ended", "agent_1");
+        own["id"] = json!(format!("order-{n}"));
+        chosen.push(sys.send_event(&key, own).await);
+    }
+    // One derived from an Idempotency-Key: a ULID whose time is a hash.
+    let response = sys
+        .http
+        .post(sys.url("/v1/events"))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", "retry-me-7781")
+        .json(&event("call.failed", "agent_1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let derived: serde_json::Value = response.json().await.unwrap();
+    let derived = derived["id"].as_str().unwrap().to_owned();
+
+    for id in assigned.iter().chain(&chosen).chain([&derived]) {
+        let (status, body) = sys.get(&format!("/v1/events/{id}"), &key).await;
+        assert_eq!(status, StatusCode::OK, "{id}: {body}");
+        assert_eq!(body["id"], json!(id));
+        // Another tenant's key finds nothing.
+        let (status, _) = sys.get(&format!("/v1/events/{id}"), &other).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}");
+    }
+    let (status, _) = sys.get("/v1/events/order-unknown", &key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let unknown = format!("evt_{}", ulid::Ulid::new());
+    let (status, _) = sys.get(&format!("/v1/events/{unknown}"), &key).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Only the ids ingest did not assign are indexed, under at most 64 subjects a tenant.
+    let ids = js
+        .get_stream(subjects::EVENT_IDS_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(ids.messages as usize, N + 1, "{ids:?}");
+    assert!(ids.subjects_count <= 64, "{ids:?}");
+    let legacy = js
+        .get_key_value(subjects::EVENT_INDEX_BUCKET)
+        .await
+        .unwrap()
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(legacy.values(), 0, "nothing written to the per-event keys");
+}
