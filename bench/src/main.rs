@@ -12,6 +12,7 @@ mod load;
 mod neighbours;
 mod receiver;
 mod setup;
+mod soak;
 mod system;
 
 use std::collections::BTreeMap;
@@ -563,7 +564,7 @@ async fn main() -> anyhow::Result<()> {
         }
         "suite" => suite(&args).await,
         _ => bail!(
-            "usage: bench suite --nats-bin PATH [--bin-dir target/release] [--runs 3] [--only 1,3] [--work DIR] [--out FILE]\n       bench receiver [--listen ADDR] [--blackhole]"
+            "usage: bench suite --nats-bin PATH [--bin-dir target/release] [--runs 3] [--only 1,3] [--work DIR] [--out FILE] [--soak-events N --soak-rate R --soak-svg FILE]\n       bench receiver [--listen ADDR] [--blackhole]"
         ),
     }
 }
@@ -660,6 +661,25 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         neighbours_done.push((s, done));
     }
 
+    let mut soak_done = Vec::new();
+    if only.iter().any(|o| o == "10") {
+        let opts = soak::Options {
+            events: opt("soak-events", "5000000").parse()?,
+            rate: opt("soak-rate", "4000").parse()?,
+            svg: PathBuf::from(opt("soak-svg", "docs/soak-rss.svg")),
+        };
+        eprintln!(
+            "scenario 10 (soak: {} events at {}/s)",
+            opts.events, opts.rate
+        );
+        let dir = work.join("10-1");
+        let m = soak::run_once(&bins, &dir, &client, &opts)
+            .await
+            .with_context(|| format!("scenario 10 (logs in {})", dir.display()))?;
+        eprintln!("  {}", serde_json::to_string(&m)?);
+        soak_done.push(m);
+    }
+
     let t = table(&results);
     println!("\n{t}");
     let t2 = neighbours::table(&neighbours_done);
@@ -698,6 +718,7 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         "runs_per_scenario": runs,
         "rust_log": std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
         "scenarios": scenarios_json,
+        "soak": soak_done,
         "table_markdown": t,
         "neighbour_scenarios": neighbours_json,
         "neighbour_table_markdown": t2,
