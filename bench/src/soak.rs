@@ -53,7 +53,11 @@ pub async fn run_once(
     result
 }
 
-async fn measure(sys: &System, client: &reqwest::Client, opts: &Options) -> anyhow::Result<Metrics> {
+async fn measure(
+    sys: &System,
+    client: &reqwest::Client,
+    opts: &Options,
+) -> anyhow::Result<Metrics> {
     let api = sys.api.as_str();
     let delivered = Arc::new(AtomicU64::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -83,7 +87,10 @@ async fn measure(sys: &System, client: &reqwest::Client, opts: &Options) -> anyh
     // The dispatcher knows the subscription once a probe arrives.
     let probe_deadline = Instant::now() + Duration::from_secs(30);
     while delivered.load(Relaxed) == 0 {
-        anyhow::ensure!(Instant::now() < probe_deadline, "the probe was not delivered");
+        anyhow::ensure!(
+            Instant::now() < probe_deadline,
+            "the probe was not delivered"
+        );
         setup::send_event(client, api, &key, load::event_json("probe", 0)).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -110,7 +117,9 @@ async fn measure(sys: &System, client: &reqwest::Client, opts: &Options) -> anyh
         let (client, api, key) = (client.clone(), api.to_string(), key.clone());
         let (accepted, refused) = (accepted.clone(), refused.clone());
         let (events, rate) = (opts.events, opts.rate);
-        tokio::spawn(async move { send(&client, &api, &key, events, rate, accepted, refused).await })
+        tokio::spawn(
+            async move { send(&client, &api, &key, events, rate, accepted, refused).await },
+        )
     };
     let mut next = t0 + SAMPLE_EVERY;
     while !sender.is_finished() {
@@ -136,8 +145,7 @@ async fn measure(sys: &System, client: &reqwest::Client, opts: &Options) -> anyh
     let send_s = t0.elapsed().as_secs_f64();
     let accepted_n = accepted.load(Relaxed);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while delivered.load(Relaxed).saturating_sub(probes) < accepted_n && Instant::now() < deadline
-    {
+    while delivered.load(Relaxed).saturating_sub(probes) < accepted_n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // A quiet minute, then the last sample.
@@ -177,7 +185,10 @@ async fn measure(sys: &System, client: &reqwest::Client, opts: &Options) -> anyh
     m.insert("events_refused".into(), refused.load(Relaxed) as f64);
     m.insert("deliveries".into(), delivered_n as f64);
     m.insert("lost".into(), accepted_n.saturating_sub(delivered_n) as f64);
-    m.insert("accepted_per_s".into(), accepted_n as f64 / send_s.max(1e-9));
+    m.insert(
+        "accepted_per_s".into(),
+        accepted_n as f64 / send_s.max(1e-9),
+    );
     m.insert("events_retained".into(), retained as f64);
     m.insert("events_stream_bytes".into(), events.state.bytes as f64);
     m.insert("subjects_in_all_streams".into(), subjects_total as f64);
@@ -201,7 +212,8 @@ async fn measure(sys: &System, client: &reqwest::Client, opts: &Options) -> anyh
         m.insert(format!("rss_mib_{name}_quiet"), quiet.rss[i]);
         m.insert(
             format!("rss_{name}_stray_pct"),
-            100.0 * (max - warm.rss[i]).abs().max((warm.rss[i] - min).abs()) / warm.rss[i].max(1e-9),
+            100.0 * (max - warm.rss[i]).abs().max((warm.rss[i] - min).abs())
+                / warm.rss[i].max(1e-9),
         );
     }
     m.insert(
@@ -246,7 +258,11 @@ async fn send(
         }
         body.push_str("]}");
         let n = ((from + BATCH).min(events) - from) as u64;
-        let (client, url, key) = (client.clone(), format!("{api}/v1/events/batch"), key.to_string());
+        let (client, url, key) = (
+            client.clone(),
+            format!("{api}/v1/events/batch"),
+            key.to_string(),
+        );
         let (accepted, refused) = (accepted.clone(), refused.clone());
         tasks.spawn(async move {
             let _permit = permit;
@@ -280,11 +296,7 @@ async fn send(
 fn svg(samples: &[Sample], opts: &Options) -> String {
     let (w, h, pad) = (720.0, 360.0, 48.0);
     let t_max = samples.last().map_or(1.0, |s| s.t).max(1.0);
-    let y_max = samples
-        .iter()
-        .flat_map(|s| s.rss)
-        .fold(1.0_f64, f64::max)
-        * 1.1;
+    let y_max = samples.iter().flat_map(|s| s.rss).fold(1.0_f64, f64::max) * 1.1;
     let x = |t: f64| pad + (w - 2.0 * pad) * t / t_max;
     let y = |v: f64| h - pad - (h - 2.0 * pad) * v / y_max;
     let colours = ["#1f77b4", "#d62728", "#2ca02c"];
