@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = protox::compile(["webhooks/v1/webhooks.proto"], ["."])?;
     prost_build::Config::new()
         .btree_map(["."])
+        // One buffer per event, shared by every match, queued task and attempt body: a
+        // `Bytes` clone is a reference count, where a `Vec<u8>` was a copy per subscription.
+        .bytes([".webhooks.v1.Delivery.payload"])
         // Its `Debug` is written by hand (in `lib.rs`), so it never prints a secret.
         .skip_debug(["webhooks.v1.SigningSecret"])
         .compile_fds(files)?;

@@ -379,6 +379,17 @@ def check_config(c: Checker, name: str, objs: list[dict], nats_server: str) -> N
     for key in config:
         c.check(re.search(rf"`{key}[`=]", readme) is not None, f"{name}: webhooks-config sets {key}, which README.md "
                                       f"(Configuration) does not know")
+    # The dispatcher's payload budget (WEBHOOKS_PAYLOAD_MEMORY) is what its memory grows with
+    # under load; the rest (the subscription index, connections) needs the other half.
+    dispatcher = next((o for o in objs if o["kind"] == "Deployment"
+                       and o["metadata"]["name"] == "dispatcher"), None)
+    if dispatcher is not None:
+        limit = (next(ct for ct in pod_template(dispatcher)["spec"]["containers"])
+                 .get("resources", {}).get("limits", {}).get("memory"))
+        payload = int(config.get("WEBHOOKS_PAYLOAD_MEMORY", str(64 * MIB)))
+        c.check(limit is not None and payload * 2 <= quantity(limit),
+                f"{name}: WEBHOOKS_PAYLOAD_MEMORY ({payload} B) must be at most half the "
+                f"dispatcher's memory limit ({limit})")
     services = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Service"}
     host, _, port = config.get("NATS_URL", "").removeprefix("nats://").partition(":")
     svc = services.get(host)
@@ -539,6 +550,8 @@ def self_test(good: list[dict], nats_server: str, docker_compose: str, stream: s
             lambda o: set_env(o, "JS_MAX_FILE_STORE", "1G"),
         "R3 streams on a smaller cluster":
             lambda o: find(o, "StatefulSet", "nats")["spec"].__setitem__("replicas", 1),
+        "a payload budget over half the dispatcher's memory limit":
+            lambda o: webhooks_config(o).__setitem__("WEBHOOKS_PAYLOAD_MEMORY", str(4096 * MIB)),
         "a setting the README does not know":
             lambda o: webhooks_config(o).__setitem__("WEBHOOKS_NO_SUCH_SETTING", "1"),
         "a nats.conf nats-server rejects":

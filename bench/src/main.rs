@@ -14,6 +14,7 @@ mod receiver;
 mod setup;
 mod soak;
 mod system;
+mod wide;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -564,7 +565,7 @@ async fn main() -> anyhow::Result<()> {
         }
         "suite" => suite(&args).await,
         _ => bail!(
-            "usage: bench suite --nats-bin PATH [--bin-dir target/release] [--runs 3] [--only 1,3] [--work DIR] [--out FILE] [--soak-events N --soak-rate R --soak-svg FILE]\n       bench receiver [--listen ADDR] [--blackhole]"
+            "usage: bench suite --nats-bin PATH [--bin-dir target/release] [--runs 3] [--only 1,3] [--work DIR] [--out FILE] [--soak-events N --soak-rate R --soak-svg FILE] [--wide-seconds S]\n       bench receiver [--listen ADDR] [--blackhole]"
         ),
     }
 }
@@ -676,6 +677,22 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         let m = soak::run_once(&bins, &dir, &client, &opts)
             .await
             .with_context(|| format!("scenario 10 (logs in {})", dir.display()))?;
+        eprintln!("  {}", serde_json::to_string(&m)?);
+        soak_done.push(m);
+    }
+
+    if only.iter().any(|o| o == "11") {
+        let seconds: u64 = opt("wide-seconds", "30").parse()?;
+        eprintln!(
+            "scenario 11 (big fan-out: {} subscriptions, {} KiB events at {}/s for {seconds} s)",
+            wide::SUBSCRIPTIONS,
+            wide::EVENT_DATA_BYTES / 1024,
+            wide::RATE
+        );
+        let dir = work.join("11-1");
+        let m = wide::run_once(&bins, &dir, &client, seconds)
+            .await
+            .with_context(|| format!("scenario 11 (logs in {})", dir.display()))?;
         eprintln!("  {}", serde_json::to_string(&m)?);
         soak_done.push(m);
     }

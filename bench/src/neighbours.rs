@@ -421,12 +421,13 @@ async fn fanout_unsettled(js: &async_nats::jetstream::Context) -> anyhow::Result
 }
 
 /// The `reason` labels of `webhooks_deliveries_handed_back_total`.
-pub(crate) const HANDED_BACK_REASONS: [&str; 8] = [
+pub(crate) const HANDED_BACK_REASONS: [&str; 9] = [
     "not_before",
     "endpoint_busy",
     "circuit_open",
     "rate_limited",
     "tenant_busy",
+    "memory_share",
     "unknown_subscription",
     "dead_letter_pending",
     "stopping",

@@ -210,6 +210,7 @@ impl App {
             waiting,
             metrics: metrics.clone(),
         });
+        let budgets = crate::budget::Budgets::new(&settings, &metrics);
         let fanout = Arc::new(Fanout {
             js: js.clone(),
             index: index.clone(),
@@ -219,6 +220,7 @@ impl App {
             direct_first_attempt: settings.direct_first_attempt,
             max_deliveries: settings.fanout_max_deliveries,
             progress: stores.fanout_progress.clone(),
+            queue_budget: budgets.queue.clone(),
         });
         tokio::spawn(poll_jetstream(
             js.clone(),
@@ -263,6 +265,7 @@ impl App {
                     fanout,
                     fanout_consumer,
                     settings.fanout_concurrency,
+                    Some(budgets.fanout.clone()),
                     tracker.clone(),
                     token.clone(),
                     "events"
@@ -272,6 +275,7 @@ impl App {
                     deliverer.clone(),
                     deliver_consumer,
                     settings.max_in_flight,
+                    Some(budgets.deliveries.clone()),
                     tracker.clone(),
                     token.clone(),
                     "deliveries"
@@ -281,6 +285,7 @@ impl App {
                     deliverer.clone(),
                     replay_consumer,
                     settings.replay_max_in_flight,
+                    Some(budgets.deliveries.clone()),
                     tracker.clone(),
                     token.clone(),
                     "replays"
@@ -290,6 +295,7 @@ impl App {
                     ticks,
                     ticks_consumer,
                     TICK_CONCURRENCY,
+                    None,
                     tracker.clone(),
                     token.clone(),
                     "ticks"

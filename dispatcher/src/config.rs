@@ -4,6 +4,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use common::config::{ConfigError, Env, SharedSettings};
 
+/// The smallest `WEBHOOKS_PAYLOAD_MEMORY`: room for a largest event on each side.
+pub const MIN_PAYLOAD_MEMORY: usize = 2 * 1024 * 1024;
+
 /// Everything the dispatcher needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -69,6 +72,10 @@ pub struct Settings {
     /// is dead-lettered as `system_error` and a set-aside stays in its lane, so one tenant's
     /// dead endpoints cannot fill the room every tenant's retries wait in (`waiting_budget`).
     pub max_waiting_per_tenant: u64,
+    /// Payload bytes this replica may hold (`WEBHOOKS_PAYLOAD_MEMORY`, 64 MiB): half for
+    /// events being fanned out, half for tasks pulled (a tenant at most half of that). Past it
+    /// the replica stops pulling, and the work waits in JetStream (`budget`).
+    pub payload_memory: usize,
 }
 
 impl Settings {
@@ -96,6 +103,7 @@ impl Settings {
             max_in_line: 4096,
             fanout_max_deliveries: 8,
             max_waiting_per_tenant: 250_000,
+            payload_memory: 64 * 1024 * 1024,
         }
     }
 
@@ -135,6 +143,7 @@ impl Settings {
             env.parse("WEBHOOKS_FANOUT_MAX_DELIVERIES", s.fanout_max_deliveries)?;
         s.max_waiting_per_tenant =
             env.parse("WEBHOOKS_MAX_WAITING_PER_TENANT", s.max_waiting_per_tenant)?;
+        s.payload_memory = env.parse("WEBHOOKS_PAYLOAD_MEMORY", s.payload_memory)?;
         s.ack_wait = (s.http_timeout * 3).max(s.http_timeout + Duration::from_secs(6));
         s.check()?;
         Ok(s)
@@ -159,6 +168,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 name: "WEBHOOKS_MAX_IN_FLIGHT",
                 message: "concurrency limits must be positive".into(),
+            });
+        }
+        if self.payload_memory < MIN_PAYLOAD_MEMORY {
+            return Err(ConfigError::Invalid {
+                name: "WEBHOOKS_PAYLOAD_MEMORY",
+                message: format!("must be at least {MIN_PAYLOAD_MEMORY} bytes (2 MiB)"),
             });
         }
         if let Some(path) = &self.extra_ca_certs {

@@ -81,10 +81,16 @@ pub struct Tried {
 }
 
 impl crate::pull::Handler for Deliverer {
-    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
+    async fn handle(
+        &self,
+        message: jetstream::Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        charge: Option<crate::budget::Charge>,
+    ) {
         // Held to the end, unless the task waits in line (the line has bounds of its own):
-        // `max_in_flight` bounds the deliveries pulled and running at once.
-        Deliverer::handle(self, message, permit).await;
+        // `max_in_flight` bounds the deliveries pulled and running at once. The charge is
+        // held to the end in every case: a task in line holds its payload too.
+        Deliverer::handle(self, message, permit, charge).await;
     }
 }
 
@@ -139,12 +145,17 @@ fn deliver_span(task: &Delivery, attempt: u32) -> tracing::Span {
 }
 
 impl Deliverer {
-    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
+    async fn handle(
+        &self,
+        message: jetstream::Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        mut charge: Option<crate::budget::Charge>,
+    ) {
         let (sequence, delivered, lane) = message
             .info()
             .map(|i| (i.stream_sequence, i.delivered, i.stream.to_owned()))
             .unwrap_or((0, 1, String::new()));
-        let task = match Delivery::decode(message.payload.as_ref()) {
+        let task = match Delivery::decode(message.payload.clone()) {
             Ok(task) => task,
             Err(error) => {
                 let reason = format!("not a protobuf Delivery: {error}");
@@ -221,6 +232,18 @@ impl Deliverer {
                 let id = subjects::defer_msg_id(&lane, sequence);
                 return self.set_aside(&message, &task, id, "not_before").await;
             }
+        }
+        // A tenant holding its share of the replica's payload memory has its task set aside
+        // like one holding its share of the slots: other tenants' tasks are still pulled.
+        if let Some(charge) = charge.as_mut()
+            && charge.hold_for(&live.sub.tenant_id).is_err()
+        {
+            let refusal = Refusal::TenantBusy(Duration::from_secs(1));
+            let mut later = task.clone();
+            let delay = self.gate.defer(&live.sub.tenant_id, &live.sub.id, refusal);
+            later.not_before = Some(proto::time::from_system(SystemTime::now() + delay));
+            let id = subjects::defer_msg_id(&lane, sequence);
+            return self.set_aside(&message, &later, id, "memory_share").await;
         }
         let verdict = match &live.signer {
             Ok(_) => {

@@ -34,8 +34,21 @@ use crate::{deliver::Entry, subscriptions::Index};
 
 /// Tasks one event publishes before awaiting their PubAcks (see `app::pub_acks_in_flight`).
 pub const QUEUE_CHUNK: usize = 64;
+/// Bytes of tasks one event publishes before awaiting their PubAcks: large events queue
+/// fewer than [`QUEUE_CHUNK`] at a time, so a chunk fits the queue budget.
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// What one match of an event in fan-out holds besides the shared envelope, about: its
+/// task, its admission and attempt futures and the request's headers (scenario 11).
+const PER_MATCH_BYTES: usize = 4 * 1024;
 /// Tries at queuing a task before the match counts as unsettled.
 const QUEUE_TRIES: u32 = 4;
+/// A task's bytes beyond its payload (ids, type, times), as an upper bound.
+const TASK_OVERHEAD: usize = 1024;
+
+/// Tasks of an event whose envelope is `payload` bytes published at once.
+fn queue_chunk_len(payload: usize) -> usize {
+    (QUEUE_BYTES / (payload + TASK_OVERHEAD)).clamp(1, QUEUE_CHUNK)
+}
 
 /// Shared by the fan-out tasks.
 pub struct Fanout {
@@ -50,15 +63,34 @@ pub struct Fanout {
     pub max_deliveries: i64,
     /// Settled matches of fan-outs handed back (see the module's documentation).
     pub progress: kv::Store,
+    /// Bytes of tasks being encoded and published at once, all events together (`budget`).
+    pub queue_budget: Arc<crate::budget::Budget>,
 }
 
 impl crate::pull::Handler for Fanout {
-    fn handle(
+    /// The charge is held until the event is settled: its attempts share its envelope.
+    async fn handle(
         &self,
         message: jetstream::Message,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> impl std::future::Future<Output = ()> + Send {
-        Fanout::handle(self, message, permit)
+        charge: Option<crate::budget::Charge>,
+    ) {
+        Fanout::handle(self, message, permit, charge).await;
+    }
+
+    /// The event, its envelope (about as large) and what each match holds while it is
+    /// admitted and attempted: its task and its futures, the request among them. The matches
+    /// are counted from the subject (`webhooks.events.<tenant>.<agent>.<type>`), which the
+    /// handler checks against the event.
+    fn cost(&self, message: &jetstream::Message) -> usize {
+        let mut tokens = message.subject.splitn(5, '.').skip(2);
+        let matches = match (tokens.next(), tokens.next(), tokens.next()) {
+            (Some(tenant), Some(agent), Some(event_type)) => {
+                self.index.matches(tenant, event_type, agent).len()
+            }
+            _ => 0,
+        };
+        2 * message.payload.len() + matches * PER_MATCH_BYTES
     }
 }
 
@@ -68,7 +100,16 @@ impl Fanout {
     /// endpoints, within the line's bounds (per endpoint by its pace, per tenant by its share,
     /// per replica), and a slow endpoint does not keep other events from being fanned out. A
     /// match whose wait in line runs out (or whose replica stops) is queued as a task.
-    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
+    ///
+    /// A tenant holding its share of the fan-out's memory budget has its event's matches
+    /// queued at once, none waiting in line: its events in line cannot hold up the fan-out of
+    /// every other tenant's.
+    async fn handle(
+        &self,
+        message: jetstream::Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        mut charge: Option<crate::budget::Charge>,
+    ) {
         let event = match Event::decode(message.payload.as_ref()) {
             Ok(event) => event,
             Err(error) => {
@@ -113,10 +154,14 @@ impl Fanout {
                     .give_up(&message, &event, sequence, &payload, matches, &key)
                     .await;
             }
+            let over_share = charge
+                .as_mut()
+                .is_some_and(|c| c.hold_for(&event.tenant_id).is_err());
+            let direct_first_attempt = self.direct_first_attempt && !over_share;
             let admitted = futures::future::join_all(matches.into_iter().map(|live| {
                 let task = task_of(&event, sequence, &payload, &live);
                 async move {
-                    let entry = if self.direct_first_attempt {
+                    let entry = if direct_first_attempt {
                         self.deliverer.admit_direct(&live).await
                     } else {
                         None
@@ -209,11 +254,14 @@ impl Fanout {
         // Every task carries this span's trace context: each attempt's span is its child.
         let trace_headers = common::trace_context::current_headers();
         let mut out = Vec::with_capacity(tasks.len());
-        for chunk in tasks.chunks(QUEUE_CHUNK) {
+        let chunk_len = queue_chunk_len(tasks.first().map_or(0, |t| t.payload.len()));
+        for chunk in tasks.chunks(chunk_len) {
             let mut left: Vec<&Delivery> = chunk.iter().collect();
             let mut pause = Duration::from_millis(200);
             for tries in 1..=QUEUE_TRIES {
-                let results = self.queue_chunk(event, &left, &trace_headers).await;
+                let results = self
+                    .queue_chunk(progress, event, &left, &trace_headers)
+                    .await;
                 let mut failed = Vec::new();
                 for (task, ok) in left.into_iter().zip(results) {
                     if ok {
@@ -237,13 +285,17 @@ impl Fanout {
         out
     }
 
-    /// Publishes `tasks` and answers whether each is stored.
+    /// Publishes `tasks` and answers whether each is stored. Their encoded bytes are charged
+    /// to the queue budget until their PubAcks are in (the client holds them until then).
     async fn queue_chunk(
         &self,
+        progress: &jetstream::Message,
         event: &Event,
         tasks: &[&Delivery],
         trace_headers: &Option<async_nats::HeaderMap>,
     ) -> Vec<bool> {
+        let bytes = tasks.iter().map(|t| t.payload.len() + TASK_OVERHEAD).sum();
+        let _charge = self.queue_budget.charge(Some(progress), bytes).await;
         let mut pending = Vec::with_capacity(tasks.len());
         for task in tasks {
             let mut publish = PublishMessage::build().payload(task.encode_to_vec().into());

@@ -6,6 +6,7 @@
 //! - [`app`]: `App::build` / `App::run`, the health endpoints, draining.
 //! - [`subscriptions`]: the in-memory index kept current by a KV watch; the matcher.
 //! - [`pull`]: the pull loop both consumers share (bounded, cancellable, hands back on stop).
+//! - [`budget`]: the memory budgets for payloads held (events in fan-out, tasks pulled).
 //! - [`fanout`]: events consumer → one delivery task per (event, subscription).
 //! - [`deliver`]: deliveries consumer → admit, sign, POST, record, then ack, retry or
 //!   dead-letter; why the attempt number travels in the task.
@@ -20,6 +21,7 @@
 //! - [`test_send`]: answers test-send requests with one signed sample delivery, unrecorded.
 
 pub mod app;
+pub mod budget;
 pub mod config;
 pub mod dead_letter;
 pub mod deliver;

@@ -37,6 +37,12 @@ pub struct StreamLabel {
     pub stream: &'static str,
 }
 
+/// One of the two payload budgets (`budget`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    pub budget: &'static str,
+}
+
 /// One of the three durable consumers (names from `proto::subjects`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsumerLabel {
@@ -44,11 +50,12 @@ pub struct ConsumerLabel {
 }
 
 /// Why a task was set aside or handed back without an attempt (`webhooks_deliveries_handed_back_total`).
-pub const HANDED_BACK_REASONS: [&str; 6] = [
+pub const HANDED_BACK_REASONS: [&str; 7] = [
     "endpoint_busy",
     "circuit_open",
     "rate_limited",
     "tenant_busy",
+    "memory_share",
     "not_before",
     "unknown_subscription",
 ];
@@ -103,6 +110,8 @@ pub struct Metrics {
     pub waiting_moved: Counter,
     /// Deliveries refused a wait because their tenant had its budget waiting already.
     pub waiting_over_budget: Counter,
+    /// Payload bytes this replica holds, by budget (`fanout`, `queue`, `deliveries`; see `budget`).
+    pub payload_memory: Family<BudgetLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -284,6 +293,16 @@ impl Default for Metrics {
         for state in ["open", "half_open"] {
             let _ = circuit_breakers.get_or_create(&CircuitLabel { state });
         }
+        let payload_memory = Family::<BudgetLabel, Gauge>::default();
+        registry.register_with_unit(
+            "payload_memory",
+            "Payload bytes this replica holds, by budget: fanout (events, 3/8 of WEBHOOKS_PAYLOAD_MEMORY), queue (tasks being published, 1/8), deliveries (tasks pulled, 1/2)",
+            prometheus_client::registry::Unit::Bytes,
+            payload_memory.clone(),
+        );
+        for budget in ["fanout", "queue", "deliveries"] {
+            let _ = payload_memory.get_or_create(&BudgetLabel { budget });
+        }
         Metrics {
             registry,
             deliveries,
@@ -310,6 +329,7 @@ impl Default for Metrics {
             waiting_moved,
             waiting_over_budget,
             fanout_abandoned,
+            payload_memory,
         }
     }
 }

@@ -148,7 +148,7 @@ mod tests {
             event_id: "evt_1".into(),
             tenant_id: "acme".into(),
             subscription_id: "sub_1".into(),
-            payload: b"{}".to_vec(),
+            payload: bytes::Bytes::from_static(b"{}"),
             ..Default::default()
         };
         assert_eq!(
@@ -162,7 +162,7 @@ mod tests {
             check_delivery(
                 "webhooks.deliveries.acme.sub_1",
                 &Delivery {
-                    payload: vec![],
+                    payload: bytes::Bytes::new(),
                     ..task.clone()
                 }
             )

@@ -121,7 +121,7 @@ pub async fn answer(
         subscription_id: live.sub.id.clone(),
         event_type: event.r#type.clone(),
         agent_id: event.agent_id.clone(),
-        payload: proto::envelope::render(&event, links_base_url),
+        payload: proto::envelope::render(&event, links_base_url).into(),
         attempt: 1,
         ..Default::default()
     };

@@ -287,7 +287,7 @@ impl Waiting {
             let message = message?;
             let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
             last_sequence = last_sequence.max(sequence);
-            let task = match Delivery::decode(message.payload.as_ref()) {
+            let task = match Delivery::decode(message.payload.clone()) {
                 Ok(task) => task,
                 Err(error) => {
                     let reason = format!("not a protobuf Delivery: {error}");
@@ -365,7 +365,12 @@ pub struct Ticks {
 }
 
 impl crate::pull::Handler for Ticks {
-    async fn handle(&self, message: jetstream::Message, permit: tokio::sync::OwnedSemaphorePermit) {
+    async fn handle(
+        &self,
+        message: jetstream::Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        _charge: Option<crate::budget::Charge>,
+    ) {
         let bucket = std::str::from_utf8(&message.payload)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok());

@@ -29,7 +29,7 @@ pub mod v1 {
             event: &Event,
             sequence: u64,
             subscription_id: &str,
-            payload: &[u8],
+            payload: &bytes::Bytes,
             origin: DeliveryOrigin,
         ) -> Self {
             Delivery {
@@ -38,7 +38,7 @@ pub mod v1 {
                 subscription_id: subscription_id.to_owned(),
                 event_type: event.r#type.clone(),
                 agent_id: event.agent_id.clone(),
-                payload: payload.to_vec(),
+                payload: payload.clone(),
                 event_sequence: sequence,
                 accepted_at: event.accepted_at,
                 origin: origin as i32,

@@ -50,7 +50,7 @@ const PAGE: usize = 1000;
 const CLOCK_SLACK: Duration = Duration::from_secs(5);
 
 /// A replay task for `event` (at `sequence`) to `subscription`, carrying `payload`.
-fn task(event: &Event, sequence: u64, subscription: &str, payload: &[u8]) -> Delivery {
+fn task(event: &Event, sequence: u64, subscription: &str, payload: &bytes::Bytes) -> Delivery {
     Delivery::first_attempt(
         event,
         sequence,
@@ -197,7 +197,7 @@ pub async fn event(
             .map(|sub| sub.id.clone())
             .collect(),
     };
-    let payload = envelope::render(&event, &state.settings.shared.links_base_url);
+    let payload = envelope::render(&event, &state.settings.shared.links_base_url).into();
     let tasks: Vec<Delivery> = targets
         .iter()
         .map(|sub| task(&event, sequence, sub, &payload))
@@ -378,7 +378,7 @@ pub async fn subscription(
             }
             examined += 1;
             if wants(&event) {
-                let payload = envelope::render(&event, links);
+                let payload = envelope::render(&event, links).into();
                 tasks.push(task(&event, *sequence, &sub.id, &payload));
             }
         }

@@ -96,7 +96,7 @@ fn delivery(tenant: &str, subscription: &str, event_id: &str) -> Delivery {
         subscription_id: subscription.into(),
         event_type: "call.started".into(),
         agent_id: "agent_1".into(),
-        payload: serde_json::to_vec(&envelope).unwrap(),
+        payload: serde_json::to_vec(&envelope).unwrap().into(),
         event_sequence: 1,
         accepted_at: Some(proto::time::now()),
         origin: DeliveryOrigin::Live as i32,
@@ -312,7 +312,7 @@ async fn a_redriven_dead_letter_is_delivered_signed_as_attempt_one_and_leaves_th
     got.verify(&secret).expect("signature verifies");
     assert_eq!(got.header("webhook-id"), Some("evt_redriven"));
     assert_eq!(got.header("webhook-attempt"), Some("1"));
-    assert_eq!(got.body.as_ref(), dead.payload.as_slice());
+    assert_eq!(got.body.as_ref(), dead.payload.as_ref());
 
     let (_, list) = sys.get("/v1/dead-letters", &key).await;
     assert_eq!(list["data"], json!([]));

@@ -93,7 +93,7 @@ async fn garbage_and_lying_protobufs_on_nats_are_set_aside_and_the_consumers_kee
         event_id: "evt_forged".into(),
         tenant_id: "other".into(),
         subscription_id: sub.clone(),
-        payload: envelope.to_string().into_bytes(),
+        payload: envelope.to_string().into_bytes().into(),
         ..Default::default()
     };
     publish(delivery_subject.clone(), vec![0x0a, 0xff, 0xff, 0xff]).await;

@@ -20,6 +20,7 @@ mod ingest_api;
 mod metrics;
 mod nats_ingest;
 mod openapi;
+mod payload_memory;
 mod reliability;
 mod retention_log;
 mod routing;

@@ -161,7 +161,7 @@ async fn a_task_filed_without_a_tenant_in_its_subject_is_still_moved_on_when_due
         subscription_id: sub.clone(),
         event_type: "call.started".into(),
         agent_id: "agent_1".into(),
-        payload: serde_json::to_vec(&envelope).unwrap(),
+        payload: serde_json::to_vec(&envelope).unwrap().into(),
         accepted_at: Some(proto::time::now()),
         origin: DeliveryOrigin::Live as i32,
         attempt: 2,
