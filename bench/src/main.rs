@@ -7,6 +7,7 @@
 //!
 //! `bench receiver --listen 127.0.0.1:9999 [--blackhole]` is the receiver on its own.
 
+mod capacity;
 mod layout;
 mod load;
 mod neighbours;
@@ -693,6 +694,16 @@ async fn suite(args: &Args) -> anyhow::Result<()> {
         let m = wide::run_once(&bins, &dir, &client, seconds)
             .await
             .with_context(|| format!("scenario 11 (logs in {})", dir.display()))?;
+        eprintln!("  {}", serde_json::to_string(&m)?);
+        soak_done.push(m);
+    }
+
+    if only.iter().any(|o| o == "12") {
+        eprintln!("scenario 12 (capacity: bytes stored per message of each stream)");
+        let dir = work.join("12-1");
+        let m = capacity::run_once(&bins, &dir, &client)
+            .await
+            .with_context(|| format!("scenario 12 (logs in {})", dir.display()))?;
         eprintln!("  {}", serde_json::to_string(&m)?);
         soak_done.push(m);
     }

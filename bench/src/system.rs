@@ -86,17 +86,24 @@ impl System {
         }
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
-        let nats = spawn(
-            Command::new(&bins.nats)
-                .args(["-js", "-a", "127.0.0.1", "-p"])
-                .arg(NATS_PORT.to_string())
-                .arg("-m")
-                .arg(NATS_MONITOR_PORT.to_string())
-                .arg("-sd")
-                .arg(dir.join("nats")),
-            dir,
-            "nats",
-        )?;
+        let mut nats = Command::new(&bins.nats);
+        nats.args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(NATS_PORT.to_string())
+            .arg("-m")
+            .arg(NATS_MONITOR_PORT.to_string())
+            .arg("-sd")
+            .arg(dir.join("nats"));
+        // `BENCH_NATS_SYNC=always`: JetStream fsyncs every write before its PubAck (the
+        // default flushes every 2 minutes), to measure what that durability costs.
+        if let Ok(sync) = std::env::var("BENCH_NATS_SYNC") {
+            let conf = dir.join("nats.conf");
+            std::fs::write(
+                &conf,
+                format!("jetstream {{\n  sync_interval: {sync}\n}}\n"),
+            )?;
+            nats.arg("-c").arg(conf);
+        }
+        let nats = spawn(&mut nats, dir, "nats")?;
         sys.procs.push(("nats", nats));
         wait_ready(
             client,

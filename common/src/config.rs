@@ -38,6 +38,12 @@ pub struct SharedSettings {
     pub max_queued_per_subscription: i64,
     /// `WEBHOOKS_LINKS_BASE_URL`.
     pub links_base_url: String,
+    /// `WEBHOOKS_DELETE_MARKER_TTL` (1 h, at least 1 s): how long the marker of a deleted key
+    /// (a subscription, an API key, a failing-since record) stays in its bucket, for every
+    /// replica's watch to see, before nats-server removes it (per-message TTL), so that churn
+    /// leaves no subject behind. A replica that was not watching meanwhile forgets the key
+    /// when its watch is re-established (`watch::Sink::resync`).
+    pub delete_marker_ttl: Duration,
     /// `WEBHOOKS_ALLOW_HTTP` and `WEBHOOKS_ALLOW_PRIVATE_TARGETS`.
     pub url_policy: UrlPolicy,
     /// `WEBHOOKS_MASTER_KEY` and `WEBHOOKS_MASTER_KEY_PREVIOUS`: seal signing secrets at rest.
@@ -57,6 +63,7 @@ impl Default for SharedSettings {
             events_max_bytes: 1024 * 1024 * 1024,
             max_queued_per_subscription: 100_000,
             links_base_url: "https://api.open.example".into(),
+            delete_marker_ttl: Duration::from_secs(3600),
             url_policy: UrlPolicy::default(),
             master_keys: MasterKeys::insecure_dev(),
         }
@@ -88,6 +95,16 @@ impl SharedSettings {
             links_base_url: env
                 .string("WEBHOOKS_LINKS_BASE_URL")
                 .unwrap_or(d.links_base_url),
+            delete_marker_ttl: {
+                let ttl = env.duration("WEBHOOKS_DELETE_MARKER_TTL", d.delete_marker_ttl)?;
+                if ttl < Duration::from_secs(1) {
+                    return Err(ConfigError::Invalid {
+                        name: "WEBHOOKS_DELETE_MARKER_TTL",
+                        message: "must be at least 1s".into(),
+                    });
+                }
+                ttl
+            },
             url_policy: UrlPolicy {
                 allow_http: env.parse("WEBHOOKS_ALLOW_HTTP", false)?,
                 allowed_private: env.cidrs("WEBHOOKS_ALLOW_PRIVATE_TARGETS")?,

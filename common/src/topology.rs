@@ -238,6 +238,9 @@ async fn event_index_bucket(
     .await
 }
 
+/// A bucket of records kept by key (subscriptions, API keys, failing-since), with per-message
+/// TTLs allowed, so a deleted key's marker can expire (`SharedSettings::delete_marker_ttl`).
+/// A bucket created by an earlier version is given that permission (nats-server ≥ 2.11).
 async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow::Result<kv::Store> {
     let config = kv::Config {
         bucket: name.into(),
@@ -245,17 +248,34 @@ async fn bucket(js: &jetstream::Context, name: &str, replicas: usize) -> anyhow:
         max_bytes: 256 * MIB,
         storage: StorageType::File,
         num_replicas: replicas,
+        limit_markers: Some(Duration::from_secs(60)),
         ..Default::default()
     };
-    match js.get_key_value(name).await {
-        Ok(store) => Ok(store),
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
         Err(_) => {
-            patiently(&format!("creating kv bucket {name}"), || {
+            return patiently(&format!("creating kv bucket {name}"), || {
                 js.create_or_update_key_value(config.clone())
             })
-            .await
+            .await;
         }
+    };
+    let stream = format!("KV_{name}");
+    let mut config = patiently(&format!("reading stream {stream}"), || {
+        js.get_stream(&stream)
+    })
+    .await?
+    .cached_info()
+    .config
+    .clone();
+    if !config.allow_message_ttl {
+        config.allow_message_ttl = true;
+        patiently(&format!("allowing message TTLs in {stream}"), || {
+            js.update_stream(config.clone())
+        })
+        .await?;
     }
+    Ok(store)
 }
 
 /// How long start-up keeps asking a JetStream that is busy before it gives up.

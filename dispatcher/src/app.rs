@@ -200,6 +200,7 @@ impl App {
                 failing,
                 index: index.clone(),
                 disable_after: settings.disable_after,
+                delete_marker_ttl: settings.shared.delete_marker_ttl,
             },
             waiting: waiting.clone(),
             ack_wait: settings.ack_wait,
@@ -435,6 +436,9 @@ async fn render_metrics(State(h): State<Probe>) -> impl axum::response::IntoResp
     h.metrics
         .unsignable_subscriptions
         .set(i64::try_from(h.deliverer.index.unsignable()).unwrap_or(i64::MAX));
+    h.metrics.mirror("subscriptions", h.deliverer.index.sizes());
+    h.metrics
+        .mirror("health", h.deliverer.health.failing.sizes());
     (
         [(
             axum::http::header::CONTENT_TYPE,

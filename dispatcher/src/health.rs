@@ -29,6 +29,8 @@ pub struct Health {
     pub failing: Arc<Mirror<EndpointHealth>>,
     pub index: Index,
     pub disable_after: Duration,
+    /// How long a deletion marker stays (`SharedSettings::delete_marker_ttl`).
+    pub delete_marker_ttl: Duration,
 }
 
 impl Health {
@@ -40,7 +42,12 @@ impl Health {
         let Some(seen) = self.failing.revision(&sub.id) else {
             return;
         };
-        if let Err(error) = self.bucket.delete(&sub.id).await {
+        // A purge whose marker expires: a subscription that recovered leaves no subject.
+        if let Err(error) = self
+            .bucket
+            .purge_with_ttl(&sub.id, self.delete_marker_ttl)
+            .await
+        {
             tracing::warn!(subscription_id = %sub.id, error = %error, "could not clear failing state");
             return;
         }
@@ -79,6 +86,18 @@ impl Health {
                             revision,
                             value: record,
                         });
+                        // Deleted while its attempt ran (ingest removed its record first):
+                        // the record just made would outlive it.
+                        if !matches!(
+                            self.index.get(&sub.id),
+                            crate::subscriptions::Lookup::Live(_)
+                        ) && let Err(error) = self
+                            .bucket
+                            .purge_with_ttl(&sub.id, self.delete_marker_ttl)
+                            .await
+                        {
+                            tracing::warn!(subscription_id = %sub.id, error = %error, "failing-since record of a deleted subscription not removed");
+                        }
                     }
                     // Another replica recorded it first; its watch will tell us when.
                     Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}

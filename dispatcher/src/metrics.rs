@@ -37,7 +37,14 @@ pub struct StreamLabel {
     pub stream: &'static str,
 }
 
-/// One of the two payload budgets (`budget`).
+/// A bucket mirrored in memory, and whether the entries count live keys or tombstones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabel {
+    pub mirror: &'static str,
+    pub kind: &'static str,
+}
+
+/// One of the payload budgets (`budget`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabel {
     pub budget: &'static str,
@@ -112,6 +119,9 @@ pub struct Metrics {
     pub waiting_over_budget: Counter,
     /// Payload bytes this replica holds, by budget (`fanout`, `queue`, `deliveries`; see `budget`).
     pub payload_memory: Family<BudgetLabel, Gauge>,
+    /// Entries of the in-memory mirrors (`subscriptions`, `health`): live keys and tombstones,
+    /// set at each scrape; tombstones are forgotten once the watch passes them.
+    pub mirror_entries: Family<MirrorLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -303,6 +313,12 @@ impl Default for Metrics {
         for budget in ["fanout", "queue", "deliveries"] {
             let _ = payload_memory.get_or_create(&BudgetLabel { budget });
         }
+        let mirror_entries = Family::<MirrorLabel, Gauge>::default();
+        registry.register(
+            "mirror_entries",
+            "Entries of this replica's in-memory copies of the subscriptions and failing-since buckets, live keys and tombstones",
+            mirror_entries.clone(),
+        );
         Metrics {
             registry,
             deliveries,
@@ -330,11 +346,21 @@ impl Default for Metrics {
             waiting_over_budget,
             fanout_abandoned,
             payload_memory,
+            mirror_entries,
         }
     }
 }
 
 impl Metrics {
+    /// Sets the entries of one mirror.
+    pub fn mirror(&self, mirror: &'static str, (live, tombstones): (usize, usize)) {
+        for (kind, n) in [("live", live), ("tombstone", tombstones)] {
+            self.mirror_entries
+                .get_or_create(&MirrorLabel { mirror, kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -13,6 +13,11 @@
 //! corrupt record) is still matched: its deliveries are queued, never sent unsigned, retried on
 //! its schedule and then dead-lettered as `system_error`, so nothing is lost while an operator
 //! fixes the key. `/readyz` and a metric count them.
+//!
+//! A deleted subscription leaves nothing behind (issue 14: nothing grows with churn): its
+//! tombstone is forgotten once the watch has passed it (`common::watch::Graveyard`), and an id
+//! the index does not hold whose ULID is older than [`KNOWN_WITHIN`] is a deleted one, since a
+//! live subscription that old would be here.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,7 +26,7 @@ use std::{
 
 use common::{
     crypto::MasterKeys,
-    watch::{Change, Sink},
+    watch::{Change, Graveyard, Sink},
 };
 use proto::v1::Subscription;
 
@@ -48,6 +53,23 @@ pub enum Lookup {
     Unknown,
 }
 
+/// How long after its creation (the time in its ULID) a subscription surely reached this
+/// replica's index: the watch delivers within a second, and a replica whose watch is down has
+/// no NATS to pull deliveries from either. An id not held and older than this was deleted.
+pub const KNOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether `id` (`sub_<ULID>`) was created more than [`KNOWN_WITHIN`] ago.
+fn created_long_ago(id: &str) -> bool {
+    let Some(created) = id
+        .strip_prefix("sub_")
+        .and_then(|u| ulid::Ulid::from_string(u).ok())
+        .map(|u| u.datetime())
+    else {
+        return false;
+    };
+    created.elapsed().is_ok_and(|age| age > KNOWN_WITHIN)
+}
+
 type BucketKey = (String, String);
 
 #[derive(Default)]
@@ -58,6 +80,8 @@ struct Inner {
     buckets: HashMap<String, HashMap<BucketKey, Vec<Arc<Live>>>>,
     /// Ids whose signing secrets do not open or parse here.
     unsignable: HashSet<String>,
+    /// Tombstones in `by_id`, until the watch passes them.
+    graveyard: Graveyard,
 }
 
 /// The index, shared by the fan-out, the delivery loop and the KV watch.
@@ -98,6 +122,19 @@ impl Inner {
         }
     }
 
+    /// The watch has delivered `revision`: tombstones at or below it go.
+    fn forget_buried(&mut self, revision: u64) {
+        for (r, id) in self.graveyard.advance(revision) {
+            if self
+                .by_id
+                .get(&id)
+                .is_some_and(|(at, l)| l.is_none() && *at == r)
+            {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
     fn register(&mut self, live: &Arc<Live>) {
         let tenant = self.buckets.entry(live.sub.tenant_id.clone()).or_default();
         for key in bucket_keys(&live.sub) {
@@ -130,8 +167,12 @@ impl Index {
         )?)
     }
 
-    /// Applies one change from the watch (or a write of our own); older revisions are ignored.
+    /// Applies a write of our own; older revisions are ignored (see [`Graveyard`]).
     pub fn apply(&self, change: Change<Subscription>) {
+        self.apply_change(change, false);
+    }
+
+    fn apply_change(&self, change: Change<Subscription>, from_watch: bool) {
         let (id, revision, sub) = match change {
             Change::Put {
                 revision, value, ..
@@ -151,8 +192,27 @@ impl Index {
             Arc::new(Live { signer, sub })
         });
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if inner.by_id.get(&id).is_some_and(|(r, _)| *r >= revision) {
-            return;
+        let deleted = live.is_none();
+        let stale = inner.graveyard.stale(revision);
+        match inner.by_id.get_mut(&id) {
+            // The watch's own deletion of one deleted here first (`u64::MAX`): the tombstone
+            // takes the real revision, so it can go.
+            Some((r, None)) if from_watch && deleted => {
+                *r = revision;
+                inner.graveyard.bury(&id, revision);
+                inner.forget_buried(revision);
+                return;
+            }
+            Some((r, _)) if *r >= revision => return,
+            Some(_) => {}
+            // A write of our own for an id no longer held, older than the watch's position.
+            None if stale && !from_watch => return,
+            // A deletion of an id not held: nothing to remember.
+            None if deleted && (stale || !from_watch) => {
+                inner.forget_buried(revision);
+                return;
+            }
+            None => {}
         }
         if live.as_ref().is_some_and(|l| l.signer.is_err()) {
             inner.unsignable.insert(id.clone());
@@ -167,7 +227,13 @@ impl Index {
         {
             inner.register(live);
         }
+        if deleted {
+            inner.graveyard.bury(&id, revision);
+        }
         inner.by_id.insert(id, (revision, live));
+        if from_watch {
+            inner.forget_buried(revision);
+        }
     }
 
     /// The subscriptions of `tenant` that want an event of `event_type` from `agent`: the
@@ -201,12 +267,20 @@ impl Index {
         match inner.by_id.get(id) {
             Some((_, Some(live))) => Lookup::Live(live.clone()),
             Some((_, None)) => Lookup::Deleted,
+            None if created_long_ago(id) => Lookup::Deleted,
             None => Lookup::Unknown,
         }
     }
 }
 
 impl Index {
+    /// Subscriptions held (enabled or not), and tombstones.
+    pub fn sizes(&self) -> (usize, usize) {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let tombstones = inner.by_id.values().filter(|(_, l)| l.is_none()).count();
+        (inner.by_id.len() - tombstones, tombstones)
+    }
+
     /// How many subscriptions this replica cannot sign for.
     pub fn unsignable(&self) -> usize {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -215,8 +289,31 @@ impl Index {
 }
 
 impl Sink<Subscription> for Index {
-    fn apply(&self, change: Change<Subscription>) {
-        Index::apply(self, change);
+    fn watched(&self, change: Change<Subscription>) {
+        self.apply_change(change, true);
+    }
+
+    fn resync(&self, seen: &HashSet<String>, through: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // `seen` holds keys (`<tenant>.<id>`); `by_id` is keyed by id.
+        let gone: Vec<String> = inner
+            .by_id
+            .iter()
+            .filter(|(id, (r, live))| {
+                *r <= through
+                    && !live.as_ref().is_some_and(|l| {
+                        seen.contains(&proto::subjects::subscription_key(&l.sub.tenant_id, id))
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some((_, Some(old))) = inner.by_id.remove(&id) {
+                inner.unregister(&old);
+            }
+            inner.unsignable.remove(&id);
+        }
+        inner.forget_buried(through);
     }
 }
 
@@ -254,6 +351,38 @@ mod tests {
         let mut ids: Vec<String> = v.iter().map(|l| l.sub.id.clone()).collect();
         ids.sort();
         ids
+    }
+
+    #[test]
+    fn a_deleted_subscription_leaves_nothing_and_an_old_unknown_id_reads_as_deleted() {
+        let index = Index::new(MasterKeys::generate());
+        let old = format!(
+            "sub_{}",
+            ulid::Ulid::from_datetime(std::time::SystemTime::now() - KNOWN_WITHIN * 2,)
+        );
+        let young = format!("sub_{}", ulid::Ulid::new());
+        for (r, id) in [(1, &old), (2, &young)] {
+            index.watched(Change::Put {
+                key: format!("acme.{id}"),
+                revision: r,
+                value: sub(id, "acme", &["*"], &[], true),
+            });
+        }
+        for (r, id) in [(3, &old), (4, &young)] {
+            index.watched(Change::Delete {
+                key: format!("acme.{id}"),
+                revision: r,
+            });
+        }
+        assert_eq!(
+            index.sizes(),
+            (0, 0),
+            "no tombstone kept once the watch passed it"
+        );
+        assert!(matches!(index.get(&old), Lookup::Deleted));
+        // Created a moment ago: perhaps not seen here yet, so not taken for deleted.
+        assert!(matches!(index.get(&young), Lookup::Unknown));
+        assert!(index.matches("acme", "call.started", "a").is_empty());
     }
 
     #[test]

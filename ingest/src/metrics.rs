@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, prometheus_text},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
@@ -41,6 +41,13 @@ pub struct TypeLabels {
 pub struct ReasonLabels {
     pub path: &'static str,
     pub reason: &'static str,
+}
+
+/// A bucket mirrored in memory, and whether the entries count live keys or tombstones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub mirror: &'static str,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +114,9 @@ pub struct Metrics {
     pub events_retained_seconds: crate::room::Ratio,
     /// Events not yet fanned out, as a share of the events stream's cap.
     pub events_fanout_backlog_ratio: crate::room::Ratio,
+    /// Entries of the in-memory mirrors (`subscriptions`, `api_keys`): live keys and
+    /// tombstones, set at each scrape; tombstones are forgotten once the watch passes them.
+    pub mirror_entries: Family<MirrorLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -160,8 +170,16 @@ impl Default for Metrics {
             "HTTP requests answered, by method, route template and status",
             http_requests.clone(),
         );
+        let mirror_entries = Family::<MirrorLabels, Gauge>::default();
+        registry.register(
+            "mirror_entries",
+            "Entries of this replica's in-memory copies of the subscriptions and API keys \
+             buckets, live keys and tombstones",
+            mirror_entries.clone(),
+        );
         let metrics = Metrics {
             registry,
+            mirror_entries,
             accepted,
             rejected,
             duplicates,
@@ -284,6 +302,18 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub async fn handler(
     axum::extract::State(state): axum::extract::State<crate::app::AppState>,
 ) -> impl axum::response::IntoResponse {
+    for (mirror, (live, tombstones)) in [
+        ("subscriptions", state.subscriptions.sizes()),
+        ("api_keys", state.keys.sizes()),
+    ] {
+        for (kind, n) in [("live", live), ("tombstone", tombstones)] {
+            state
+                .metrics
+                .mirror_entries
+                .get_or_create(&MirrorLabels { mirror, kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
     (
         [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
         state.metrics.render(),

@@ -97,7 +97,7 @@ pub async fn revoke_key(
     state
         .stores
         .api_keys
-        .delete(&id)
+        .purge_with_ttl(&id, state.settings.shared.delete_marker_ttl)
         .await
         .map_err(|e| ApiError::Unavailable(e.into()))?;
     // Key ids are never reused, so the deletion can outrank every revision at once.

@@ -729,12 +729,19 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let sub = find(&state, &tenant, &id)?;
     let key = subjects::subscription_key(&tenant, &sub.id);
+    // A purge with a TTL: every replica's watch sees the deletion, and then nats-server
+    // removes the marker, so a deleted subscription leaves no subject behind. Its
+    // failing-since record (if any) goes the same way.
+    let ttl = state.settings.shared.delete_marker_ttl;
     state
         .stores
         .subscriptions
-        .delete(&key)
+        .purge_with_ttl(&key, ttl)
         .await
         .map_err(kv_unavailable)?;
+    if let Err(error) = state.stores.health.purge_with_ttl(&sub.id, ttl).await {
+        tracing::warn!(subscription_id = %sub.id, error = %error, "failing-since record of a deleted subscription not removed");
+    }
     // Subscription ids are never reused, so the deletion outranks every revision.
     state.subscriptions.apply(Change::Delete {
         key,

@@ -7,6 +7,7 @@ mod helpers;
 mod procs;
 
 mod auto_disable;
+mod churn;
 mod cluster;
 mod dashboard;
 mod dead_letters;
