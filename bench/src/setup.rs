@@ -37,15 +37,35 @@ pub async fn send_event(
     key: &str,
     body: String,
 ) -> anyhow::Result<()> {
+    post_events(client, &format!("{api}/v1/events"), key, body, 202).await
+}
+
+/// Posts one batch (JSON `body`, `{"events":[…]}`) with `key`; anything but `200` is an error.
+pub async fn send_batch(
+    client: &reqwest::Client,
+    api: &str,
+    key: &str,
+    body: String,
+) -> anyhow::Result<()> {
+    post_events(client, &format!("{api}/v1/events/batch"), key, body, 200).await
+}
+
+async fn post_events(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: String,
+    expected: u16,
+) -> anyhow::Result<()> {
     let r = client
-        .post(format!("{api}/v1/events"))
+        .post(url)
         .bearer_auth(key)
         .header("content-type", "application/json")
         .body(body)
         .send()
         .await?;
-    if r.status().as_u16() != 202 {
-        bail!("event: {} {}", r.status(), r.text().await?);
+    if r.status().as_u16() != expected {
+        bail!("POST {url}: {} {}", r.status(), r.text().await?);
     }
     Ok(())
 }

@@ -411,7 +411,10 @@ async fn poll_jetstream(
                 }
             }
         }
-        for name in subjects::STREAMS {
+        for name in subjects::STREAMS
+            .into_iter()
+            .chain(subjects::BUCKET_STREAMS)
+        {
             let info = async {
                 js.get_stream(name)
                     .await?

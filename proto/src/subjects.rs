@@ -62,6 +62,15 @@ pub const STREAMS: [&str; 9] = [
     ATTEMPTS_STREAM,
     REJECTS_STREAM,
 ];
+/// The streams behind the KV buckets whose fullness is watched (`KV_<bucket>`): the records
+/// kept by key, and the fan-out's progress. (The event index of earlier versions only drains.)
+pub const BUCKET_STREAMS: [&str; 4] = [
+    "KV_webhooks_subscriptions",
+    "KV_webhooks_api_keys",
+    "KV_webhooks_endpoint_health",
+    "KV_webhooks_fanout_progress",
+];
+
 /// Subjects of the ticks stream.
 pub const TICKS_SUBJECTS: &str = "webhooks.ticks.>";
 /// Where a fired tick lands (its payload: the bucket, Unix ms, in decimal).
@@ -345,5 +354,20 @@ mod tests {
     fn msg_ids_are_scoped() {
         assert_ne!(event_msg_id("a", "e1"), event_msg_id("b", "e1"));
         assert_eq!(delivery_msg_id("e1", "sub_1"), "e1:sub_1");
+    }
+}
+
+#[cfg(test)]
+mod bucket_stream_tests {
+    #[test]
+    fn the_watched_bucket_streams_are_the_buckets_of_these_names() {
+        let buckets = [
+            super::SUBSCRIPTIONS_BUCKET,
+            super::API_KEYS_BUCKET,
+            super::HEALTH_BUCKET,
+            super::FANOUT_PROGRESS_BUCKET,
+        ];
+        let want: Vec<String> = buckets.iter().map(|b| format!("KV_{b}")).collect();
+        assert_eq!(super::BUCKET_STREAMS.to_vec(), want);
     }
 }

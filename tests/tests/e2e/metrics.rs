@@ -672,3 +672,28 @@ async fn the_dashboard_and_alert_rules_use_only_exported_metrics() {
         dispatcher.names()
     );
 }
+
+#[tokio::test]
+async fn every_capped_stream_and_bucket_reports_its_fullness_for_the_alerts() {
+    // `WebhooksStreamFilling`/`Full` and the capacity model in docs/operations.md rest on a
+    // `webhooks_stream_max_bytes` series for every stream and bucket with a cap.
+    let sys = System::start().await;
+    let addr = sys.dispatcher.as_ref().unwrap().addr;
+    for stream in proto::subjects::STREAMS
+        .into_iter()
+        .chain(proto::subjects::BUCKET_STREAMS)
+    {
+        eventually(SOON, "the stream's cap exported", || async {
+            let text = metrics_text(&sys, addr).await;
+            text.lines()
+                .find(|l| {
+                    l.starts_with("webhooks_stream_max_bytes{")
+                        && l.contains(&format!("stream=\"{stream}\""))
+                })
+                .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .filter(|cap| *cap > 0.0)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{stream}: {e}"));
+    }
+}
